@@ -1,0 +1,44 @@
+# Two entry points that work on a fresh machine from a clean clone:
+#   make demo   set up a virtual environment and run one simulated 96-well scan end to end
+#   make test   set up a virtual environment with the test tools and run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_PLATE ?= SIM-DEMO-0001
+
+.PHONY: demo test lint typecheck check install-service install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The service alone (CPU onnxruntime, no PyTorch). Stamp files make re-runs instant.
+$(VENV)/.service-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[cpu]"
+	touch $@
+
+# Everything the tests need: service + training (CPU torch 2.13) + PostgreSQL driver + dev tools.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[cpu,train,dev]"
+	touch $@ $(VENV)/.service-installed
+
+install-service: $(VENV)/.service-installed
+install-dev: $(VENV)/.dev-installed
+
+demo: $(VENV)/.service-installed
+	MSCREEN_DATA_DIR=$${MSCREEN_DATA_DIR:-mscreen-data/demo} \
+	$(BIN)/mscreen scan --plate $(DEMO_PLATE) --compare-truth
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy app models training hardware
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) mscreen-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The FastAPI service: settings, database, scan worker, REST API and CLI."""

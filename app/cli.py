@@ -1,0 +1,327 @@
+"""`mscreen`: serve the API, run scans, read results, train models.
+
+User mistakes end in one line on stderr (``error: ...``) and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from tqdm import tqdm
+
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger("mscreen")
+
+cli = typer.Typer(
+    name="mscreen",
+    help="Screen 96-well plates of mesenchymal stem cells: high/low functionality per well "
+    "from label-free phase-contrast images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+@cli.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# -- serve -------------------------------------------------------------------------------------
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the REST API and the scan worker (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+
+
+# -- scan --------------------------------------------------------------------------------------
+ObjectiveOption = Annotated[str, typer.Option("--objective", help="40x or 100x.")]
+
+
+@cli.command()
+def scan(
+    plate: Annotated[str, typer.Option("--plate", "-p", help="Plate barcode.")],
+    objective: ObjectiveOption = "40x",
+    fields: Annotated[int, typer.Option("--fields", min=1, max=25, help="Fields per well.")] = 1,
+    wells: Annotated[
+        str | None, typer.Option(help="Comma-separated wells (default: all 96), e.g. A1,B7.")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="URL of a running service; default: run in this process."),
+    ] = None,
+    compare_truth: Annotated[
+        bool,
+        typer.Option(help="Simulated microscope only: compare calls with the hidden FCT truth."),
+    ] = False,
+) -> None:
+    """Scan a plate, classify each well as it is imaged, and print the 96-well map."""
+    if objective not in ("40x", "100x"):
+        raise UserError(f"--objective must be 40x or 100x, not {objective!r}")
+    well_list = [w.strip() for w in wells.split(",") if w.strip()] if wells else None
+    body = {
+        "plate_barcode": plate,
+        "objective": objective,
+        "fields_per_well": fields,
+        "wells": well_list,
+    }
+    results = _scan_remote(server, body) if server else _scan_local(get_settings(), body)
+    from app.platemap import render_plate_map
+
+    typer.echo(render_plate_map(results, color=sys.stdout.isatty()))
+    if compare_truth:
+        _print_truth_comparison(plate, results)
+
+
+def _scan_local(settings: Settings, body: dict[str, object]) -> list:
+    from app.api.schemas import ScanCreate, ScanPublic, WellResultPublic
+    from app.db import session_scope
+    from app.orm import Scan
+    from app.plates import scan_results
+    from app.runtime import build_runtime
+    from app.scans import create_scan
+
+    request = ScanCreate.model_validate(body)
+    runtime = build_runtime(settings)
+    try:
+        with session_scope(runtime.session_factory) as session:
+            scan_row = create_scan(
+                session,
+                barcode=request.plate_barcode,
+                objective=request.objective,
+                fields_per_well=request.fields_per_well,
+                microscope=runtime.microscope_name,
+                wells=request.wells,
+            )
+            scan_id, total = scan_row.id, scan_row.wells_total
+        typer.echo(
+            f"scan {scan_id} of {request.plate_barcode}: {total} wells at {request.objective}, "
+            f"model {runtime.model.name} v{runtime.model.version} on {runtime.model.provider}",
+            err=True,
+        )
+        started = time.perf_counter()
+        with tqdm(total=total, desc="wells", unit="well", file=sys.stderr) as bar:
+            runtime.worker.on_progress = lambda _id, done, _total: bar.update(done - bar.n)
+            runtime.worker.requeue_interrupted()
+            runtime.worker.run_pending()
+        with session_scope(runtime.session_factory) as session:
+            scan_row = session.get_one(Scan, scan_id)
+            public = ScanPublic.of(scan_row)
+            results = [WellResultPublic.of(r) for r in scan_results(session, scan_row)]
+        typer.echo(
+            f"scan {scan_id} {public.status.value} in {time.perf_counter() - started:.1f} s"
+            + (f": {public.error}" if public.error else ""),
+            err=True,
+        )
+        return results
+    finally:
+        runtime.close()
+
+
+def _scan_remote(server: str, body: dict[str, object]) -> list:
+    from app.api.schemas import PlateWellsPublic, ScanPublic
+
+    with httpx.Client(base_url=server.rstrip("/"), timeout=30) as client:
+        response = client.post("/api/v1/scans", json=body)
+        _raise_for_api(response)
+        location = response.headers["Location"]
+        scan_public = ScanPublic.model_validate(response.json())
+        with tqdm(total=scan_public.wells_total, desc="wells", unit="well", file=sys.stderr) as bar:
+            while not scan_public.status.finished:
+                time.sleep(1.0)
+                response = client.get(location)
+                _raise_for_api(response)
+                scan_public = ScanPublic.model_validate(response.json())
+                bar.update(scan_public.wells_done - bar.n)
+        if scan_public.error:
+            typer.echo(
+                f"scan {scan_public.id} {scan_public.status.value}: {scan_public.error}", err=True
+            )
+        response = client.get(f"/api/v1/plates/{body['plate_barcode']}/wells")
+        _raise_for_api(response)
+        return PlateWellsPublic.model_validate(response.json()).wells
+
+
+def _raise_for_api(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    raise UserError(
+        f"{response.request.method} {response.request.url.path}: "
+        f"HTTP {response.status_code}: {detail}"
+    )
+
+
+def _print_truth_comparison(barcode: str, results: list) -> None:
+    from hardware.simulation import SimulationConfig, plate_truth
+
+    truth = plate_truth(SimulationConfig(seed=get_settings().simulation_seed), barcode)
+    called = [r for r in results if r.label is not None]
+    if not called:
+        typer.echo("no well was called; nothing to compare", err=True)
+        return
+    agree = sum(1 for r in called if truth[r.well].label == r.label)
+    typer.echo(
+        f" vs simulated FCT ground truth: {agree}/{len(called)} calls agree "
+        f"({agree / len(called):.1%}); the simulator's hidden labels, not a real cytometer"
+    )
+
+
+# -- results -----------------------------------------------------------------------------------
+@cli.command()
+def results(
+    plate: Annotated[str, typer.Option("--plate", "-p", help="Plate barcode.")],
+    csv_output: Annotated[
+        bool, typer.Option("--csv", help="Print CSV instead of the map.")
+    ] = False,
+    server: Annotated[str | None, typer.Option(help="URL of a running service.")] = None,
+) -> None:
+    """Print the latest per-well calls of a plate."""
+    from app.api.schemas import PlateWellsPublic, ScanPublic, WellResultPublic
+    from app.platemap import render_plate_map, results_csv
+
+    if server:
+        with httpx.Client(base_url=server.rstrip("/"), timeout=30) as client:
+            response = client.get(f"/api/v1/plates/{plate}/wells")
+            _raise_for_api(response)
+            plate_wells = PlateWellsPublic.model_validate(response.json())
+    else:
+        from app import db
+        from app.plates import find_plate, latest_scan, scan_results
+
+        settings = get_settings()
+        engine = db.make_engine(settings.resolved_database_url)
+        try:
+            with db.session_scope(db.make_session_factory(engine)) as session:
+                plate_row = find_plate(session, plate)
+                scan_row = latest_scan(session, plate_row) if plate_row else None
+                if plate_row is None or scan_row is None:
+                    raise UserError(
+                        f"no results for plate {plate!r} in {settings.resolved_database_url}"
+                    )
+                plate_wells = PlateWellsPublic(
+                    plate_barcode=plate_row.barcode,
+                    scan=ScanPublic.of(scan_row),
+                    wells=[WellResultPublic.of(r) for r in scan_results(session, scan_row)],
+                )
+        finally:
+            engine.dispose()
+    if csv_output:
+        typer.echo(results_csv(plate_wells.wells), nl=False)
+    else:
+        typer.echo(
+            f"plate {plate_wells.plate_barcode}, scan {plate_wells.scan.id} "
+            f"({plate_wells.scan.status.value})"
+        )
+        typer.echo(render_plate_map(plate_wells.wells, color=sys.stdout.isatty()))
+
+
+# -- train -------------------------------------------------------------------------------------
+@cli.command()
+def train(
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository to publish into (default: settings).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "hscnn-sim",
+    train_plates: Annotated[int, typer.Option(min=1, help="Simulated training plates.")] = 4,
+    val_plates: Annotated[int, typer.Option(min=1, help="Simulated validation plates.")] = 1,
+    test_plates: Annotated[int, typer.Option(min=1, help="Simulated held-out test plates.")] = 2,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    seed: Annotated[int, typer.Option(help="Seeds the simulator plates and training.")] = 0,
+    difficulty: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Simulator class overlap.")
+    ] = 0.5,
+) -> None:
+    """Train the SCNN on freshly simulated plates and publish a new model version."""
+    try:
+        from training.jobs import SimulatedTrainingJob
+        from training.trainer import TrainConfig
+    except ImportError as exc:
+        raise UserError(
+            "training needs the 'train' extra (PyTorch, onnx): "
+            f"pip install 'mscreen[train]' ({exc})"
+        ) from exc
+    from hardware.simulation import SimulationConfig
+
+    job = SimulatedTrainingJob(
+        repository=repository or get_settings().model_repository,
+        name=name,
+        train_plates=train_plates,
+        val_plates=val_plates,
+        test_plates=test_plates,
+        simulation=SimulationConfig(seed=seed, difficulty=difficulty),
+        train_config=TrainConfig(epochs=epochs, seed=seed),
+    )
+    artifact, card = job.run()
+    test = card["metrics"]["test"]  # type: ignore[index]
+    typer.echo(
+        f"published {artifact.name} v{artifact.version} at {artifact.directory}\n"
+        f"held-out simulated plates: accuracy {test['accuracy']:.3f} "
+        f"(95% CI {test['accuracy_ci95'][0]:.3f}-{test['accuracy_ci95'][1]:.3f}), "
+        f"AUC {test['auc']:.3f}, n={test['n']}"
+    )
+
+
+# -- db ----------------------------------------------------------------------------------------
+@db_cli.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default head)."""
+    from app import db
+
+    url = get_settings().resolved_database_url
+    db.upgrade(url, revision)
+    typer.echo(f"database at {revision}: {url}")
+
+
+def main() -> None:
+    """Entry point: run the CLI and turn user errors into one line."""
+    from pydantic import ValidationError
+
+    from hardware.plate import WellNameError
+    from models.repository import ModelNotFoundError
+    from models.runtime import RuntimeUnavailableError
+
+    try:
+        cli()
+    except (UserError, WellNameError, ModelNotFoundError, RuntimeUnavailableError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"error: {problems}", err=True)
+        raise SystemExit(2) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the service: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

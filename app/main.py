@@ -1,0 +1,43 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.routes import health, plates, scans
+from app.runtime import build_runtime
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the runtime (DB, model, worker) starts in the lifespan."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings)
+        app.state.runtime = runtime
+        if settings.worker_enabled:
+            runtime.worker.start()
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(
+        title="mscreen",
+        summary="96-well MSC functionality screening from label-free phase-contrast images",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    for router in (scans.router, plates.router, health.router):
+        app.include_router(router, prefix=API_PREFIX)
+    return app

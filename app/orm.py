@@ -1,0 +1,217 @@
+"""SQLAlchemy 2.0 ORM models. The schema only changes through an Alembic migration."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names so migrations are the same on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class ScanStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (ScanStatus.completed, ScanStatus.failed, ScanStatus.cancelled)
+
+
+class WellStatus(enum.StrEnum):
+    ok = "ok"  # classified
+    excluded = "excluded"  # every field failed QC: no call
+    failed = "failed"  # acquisition failed: no call
+
+
+class Plate(Base):
+    __tablename__ = "plates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    barcode: Mapped[str] = mapped_column(String(64), unique=True)
+    plate_type: Mapped[str] = mapped_column(String(32), default="SBS-96")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    wells: Mapped[list[Well]] = relationship(back_populates="plate", order_by="Well.id")
+    scans: Mapped[list[Scan]] = relationship(back_populates="plate", order_by="Scan.id")
+
+
+class Well(Base):
+    __tablename__ = "wells"
+    __table_args__ = (UniqueConstraint("plate_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plate_id: Mapped[int] = mapped_column(ForeignKey("plates.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(4))
+    row: Mapped[int]
+    column: Mapped[int]
+
+    plate: Mapped[Plate] = relationship(back_populates="wells")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    card: Mapped[dict[str, Any]]
+    parity_passed: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Scan(Base):
+    __tablename__ = "scans"
+    __table_args__ = (
+        CheckConstraint("fields_per_well >= 1 AND fields_per_well <= 25", name="fields_per_well"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plate_id: Mapped[int] = mapped_column(ForeignKey("plates.id"), index=True)
+    status: Mapped[ScanStatus] = mapped_column(
+        Enum(ScanStatus, name="scan_status", native_enum=False, length=16),
+        default=ScanStatus.queued,
+        index=True,
+    )
+    objective: Mapped[str] = mapped_column(String(8))
+    fields_per_well: Mapped[int] = mapped_column(Integer, default=1)
+    wells_requested: Mapped[list[str]] = mapped_column(JSON)
+    microscope: Mapped[str] = mapped_column(String(64))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    wells_done: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    plate: Mapped[Plate] = relationship(back_populates="scans")
+    model_version: Mapped[ModelVersion | None] = relationship()
+    results: Mapped[list[WellResult]] = relationship(
+        back_populates="scan", order_by="WellResult.id"
+    )
+
+    @property
+    def wells_total(self) -> int:
+        return len(self.wells_requested)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("scan_id", "well_id", "field_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"), index=True)
+    field_index: Mapped[int]
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    height: Mapped[int]
+    width: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(16))
+    objective: Mapped[str] = mapped_column(String(8))
+    pixel_size_um: Mapped[float] = mapped_column(Float)
+    x_um: Mapped[float] = mapped_column(Float)
+    y_um: Mapped[float] = mapped_column(Float)
+    acquired_at: Mapped[datetime]
+    mean_v: Mapped[float] = mapped_column(Float)
+    focus_score: Mapped[float] = mapped_column(Float)
+    qc_excluded: Mapped[bool] = mapped_column(Boolean)
+    qc_flags: Mapped[list[str]] = mapped_column(JSON)
+    probability: Mapped[float | None] = mapped_column(Float)
+    confluence_pct: Mapped[float | None] = mapped_column(Float)
+
+
+class WellResult(Base):
+    __tablename__ = "well_results"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "well_id"),
+        CheckConstraint(
+            "probability IS NULL OR (probability >= 0 AND probability <= 1)", name="probability"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"), index=True)
+    status: Mapped[WellStatus] = mapped_column(
+        Enum(WellStatus, name="well_status", native_enum=False, length=16)
+    )
+    label: Mapped[str | None] = mapped_column(String(8))  # "high" | "low" | None (no call)
+    probability: Mapped[float | None] = mapped_column(Float)  # P(high), mean over fields used
+    qc_flags: Mapped[list[str]] = mapped_column(JSON)
+    fields_used: Mapped[int] = mapped_column(Integer, default=0)
+    confluence_pct: Mapped[float | None] = mapped_column(Float)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    acquisition_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    preprocessing_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    inference_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    scan: Mapped[Scan] = relationship(back_populates="results")
+    well: Mapped[Well] = relationship()
+    model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class FctMeasurement(Base):
+    """Flow-cytometry ground truth per well: high iff CD73 % > 95 and CD90 % > 95."""
+
+    __tablename__ = "fct_measurements"
+    __table_args__ = (
+        UniqueConstraint("well_id"),
+        CheckConstraint("cd73_pct >= 0 AND cd73_pct <= 100", name="cd73_range"),
+        CheckConstraint("cd90_pct >= 0 AND cd90_pct <= 100", name="cd90_range"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id", ondelete="CASCADE"))
+    cd73_pct: Mapped[float] = mapped_column(Float)
+    cd90_pct: Mapped[float] = mapped_column(Float)
+    event_count: Mapped[int | None]
+    label: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(128))
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    well: Mapped[Well] = relationship()

@@ -1,0 +1,69 @@
+"""One settings object, read from the environment (prefix ``MSCREEN_``) and an optional .env."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.repository import BUNDLED_REPOSITORY
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field can be set as ``MSCREEN_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="MSCREEN_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(
+        default=Path("mscreen-data"),
+        description="Where the SQLite database and acquired images live by default.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/mscreen.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    image_dir: Path | None = Field(default=None, description="Default <data_dir>/images.")
+    model_repository: Path = Field(
+        default=BUNDLED_REPOSITORY,
+        description="Triton-layout model repository (<name>/<version>/model.onnx).",
+    )
+    model_name: str = "hscnn-sim"
+    model_version: int | None = Field(default=None, description="Default: newest version.")
+    onnx_provider: Literal["auto", "cpu", "cuda"] = "auto"
+    inference_threads: int = Field(default=0, ge=0, description="0 = onnxruntime default.")
+    microscope: Literal["simulated"] = "simulated"
+    simulation_seed: int = 0
+    worker_enabled: bool = True
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    auto_migrate: bool = Field(
+        default=True, description="Run `alembic upgrade head` when the service starts."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production" and self.resolved_database_url.startswith("sqlite"):
+            raise ValueError(
+                "MSCREEN_ENVIRONMENT=production needs MSCREEN_DATABASE_URL pointing at "
+                "PostgreSQL; SQLite is for a single workstation"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mscreen.db').resolve()}"
+
+    @property
+    def resolved_image_dir(self) -> Path:
+        return (self.image_dir or self.data_dir / "images").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,895 @@
+"""Image QC, normalisation and HSM feature construction shared by training and serving.
+
+One raw camera frame becomes exactly one model input here, and both the training jobs and the
+service call :func:`prepare` with the configuration stored in the model card, so there is no
+train/serve skew. Only numpy and OpenCV are used: the service must run without PyTorch.
+
+The data path (reference paper: Liu et al. 2023, sections 2.2 and 2.4.1)::
+
+    frame (H0, W0[, C]) uint8/uint16/float
+      -> to_uint8            8-bit, like the paper's "8-bit grayscale images"
+      -> quality_check       mean HSV V > 240 => excluded ("overexposed"); nearly black => excluded
+      -> normalise           mean V -> ~130, resize to 220 x 300, median denoise, contrast
+      -> focus score         variance of the Laplacian of the normalised image (flag)
+      -> foreground_mask     PHANTAST-style local contrast -> cell mask, confluence
+      -> band_stack          (H, W, B) "spectral" bands from a fixed filter bank
+      -> ssn_features        weighted-mean filter + spatial-spectral neighbour (SSN) mean
+      -> features            (B, H, W) float32
+
+Our reading of what the paper leaves open (the model card records the config, and
+:data:`FEATURE_VERSION` identifies the code-level constants below):
+
+* **Size.** "220 x 300" is read as 220 rows x 300 columns (landscape, like camera frames: a
+  528 x 720 frame keeps its aspect ratio exactly). Frames of another aspect ratio are stretched,
+  not cropped, so the whole field is always seen.
+* **Colour.** Phase-contrast frames are grey; for a grey frame HSV V equals the grey level. A
+  3-channel frame is taken as OpenCV BGR: QC uses the HSV V channel (as in the paper), the rest
+  of the path uses the luma image from ``cv2.COLOR_BGR2GRAY``. (H, W, 1) is treated as grey.
+  Other channel counts are rejected: several acquisition channels as bands are not supported yet.
+* **Bands.** The paper never says what the "spectral" bands of an 8-bit grey image are. We derive
+  them from the normalised image with a fixed filter bank (see :data:`BAND_NAMES`); each band is
+  mapped to roughly zero mean and unit scale by FIXED constants (no per-image statistics), so a
+  given pixel value always means the same thing to the network.
+* **SSCD.** For pixel i and every j != i in the WS x WS window centred on i::
+
+      d(i, j) = ||x_i - x_j||_2 / sqrt(B) + lambda * ||p_i - p_j||_2 / (sqrt(2) * (WS // 2))
+
+  where x are the band vectors after a 3 x 3 binomial weighted-mean filter ([1, 2, 1] (x)
+  [1, 2, 1] / 16, the "weighted-mean filter" step) and p are pixel coordinates, so the spatial
+  term is in [0, lambda]. The K smallest d are the SSNs of i. The feature of i is the mean of the
+  filtered band vectors of i and its K SSNs (an edge-preserving smoother: neighbours across an
+  edge are spectrally far and are not averaged in). Borders are padded by reflection
+  (``cv2.BORDER_REFLECT_101``), so every pixel has a full window. Ties at the K-th distance are
+  broken in favour of the spatially closer offset, then raster order of the offset (dy, then dx),
+  which is deterministic and independent of numpy's selection algorithm. WS = 1 switches the SSN
+  step off: the features are then the filtered bands.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, get_args
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BAND_NAMES",
+    "FEATURE_VERSION",
+    "ContrastMethod",
+    "PipelineConfig",
+    "PreparedImage",
+    "QCReport",
+    "band_stack",
+    "focus_score",
+    "foreground_mask",
+    "mean_v",
+    "normalise",
+    "prepare",
+    "quality_check",
+    "ssn_features",
+    "to_uint8",
+    "weighted_mean_filter",
+]
+
+# Bump whenever a code-level constant that changes the features changes (band filters, band
+# scaling, weighted-mean kernel, tie-breaking). Model cards should record it next to the config.
+FEATURE_VERSION = "1"
+
+ContrastMethod = Literal["clahe", "equalize", "none"]
+_CONTRAST_METHODS: tuple[str, ...] = get_args(ContrastMethod)
+
+U8Array = npt.NDArray[np.uint8]
+F32Array = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+
+_BORDER = cv2.BORDER_REFLECT_101
+
+
+# --------------------------------------------------------------------------------------------
+# Filter bank
+# --------------------------------------------------------------------------------------------
+
+
+def _gauss(img: F32Array, sigma: float) -> F32Array:
+    """Gaussian blur with an explicit kernel size (2 * ceil(3 sigma) + 1) and reflect-101 border.
+
+    The size is fixed here rather than left to OpenCV, whose automatic size depends on the dtype.
+    """
+    ksize = 2 * math.ceil(3.0 * sigma) + 1
+    blurred = cv2.GaussianBlur(img, (ksize, ksize), sigmaX=sigma, sigmaY=sigma, borderType=_BORDER)
+    return np.asarray(blurred, dtype=np.float32)
+
+
+def _band_intensity(f: F32Array) -> F32Array:
+    return f
+
+
+def _band_gauss(sigma: float) -> Callable[[F32Array], F32Array]:
+    def band(f: F32Array) -> F32Array:
+        return _gauss(f, sigma)
+
+    return band
+
+
+def _band_gradient(f: F32Array) -> F32Array:
+    # Sobel scaled by 1/8 gives grey levels per pixel; the 3x3 Sobel already smooths across the
+    # derivative direction, and the median filter in normalise() has removed salt noise.
+    gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3, scale=0.125, borderType=_BORDER)
+    gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3, scale=0.125, borderType=_BORDER)
+    # Not cv2.magnitude: its SIMD path uses an approximate square root, so results differ by
+    # ~1e-6 depending on the array's memory alignment, i.e. the same image could give different
+    # features in training and serving.
+    gx = np.asarray(gx, dtype=np.float32)
+    gy = np.asarray(gy, dtype=np.float32)
+    out: F32Array = np.sqrt(gx * gx + gy * gy)
+    return out
+
+
+def _band_log(sigma: float) -> Callable[[F32Array], F32Array]:
+    def band(f: F32Array) -> F32Array:
+        # Scale-normalised (sigma^2) Laplacian of Gaussian, so bands at different sigmas have
+        # comparable magnitudes for blobs of matching size.
+        lap = cv2.Laplacian(_gauss(f, sigma), cv2.CV_32F, ksize=1, borderType=_BORDER)
+        out: F32Array = lap * np.float32(sigma * sigma)
+        return out
+
+    return band
+
+
+def _band_local_std(f: F32Array) -> F32Array:
+    mu = _gauss(f, 2.0)
+    mu2 = _gauss(f * f, 2.0)
+    # Rounding can make the variance slightly negative in flat regions.
+    out: F32Array = np.sqrt(np.maximum(mu2 - mu * mu, np.float32(0.0)))
+    return out
+
+
+def _band_halo_dog(f: F32Array) -> F32Array:
+    # Phase-contrast halos are thin bright rims a few pixels wide around cells; a difference of
+    # Gaussians (1 px - 4 px) responds to them and to cell bodies with opposite signs.
+    out: F32Array = _gauss(f, 1.0) - _gauss(f, 4.0)
+    return out
+
+
+@dataclass(frozen=True)
+class _BandSpec:
+    """One band of the filter bank: ``(fn(image in grey levels) - offset) / scale``."""
+
+    fn: Callable[[F32Array], F32Array]
+    offset: float
+    scale: float
+
+
+# Offsets and scales are fixed constants (grey levels), chosen so that each band is roughly
+# zero-mean with a standard deviation of about 0.5-1 on simulated phase-contrast fields (sparse to
+# confluent) normalised with the default config (CLAHE, mean ~130); intensity-like bands are
+# bounded to [-4, 4]. They are part of FEATURE_VERSION: never compute them per image.
+_BANDS: dict[str, _BandSpec] = {
+    "intensity": _BandSpec(_band_intensity, 128.0, 32.0),
+    "gauss_1": _BandSpec(_band_gauss(1.0), 128.0, 32.0),
+    "gauss_2": _BandSpec(_band_gauss(2.0), 128.0, 32.0),
+    "gauss_4": _BandSpec(_band_gauss(4.0), 128.0, 32.0),
+    "gradient": _BandSpec(_band_gradient, 5.0, 8.0),
+    "log_1": _BandSpec(_band_log(1.0), 0.0, 8.0),
+    "log_2": _BandSpec(_band_log(2.0), 0.0, 8.0),
+    "log_4": _BandSpec(_band_log(4.0), 0.0, 8.0),
+    "local_std": _BandSpec(_band_local_std, 8.0, 10.0),
+    "halo_dog": _BandSpec(_band_halo_dog, 0.0, 8.0),
+}
+
+BAND_NAMES: tuple[str, ...] = tuple(_BANDS)
+"""Names accepted in :attr:`PipelineConfig.bands`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and results
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float | np.floating) and math.isfinite(value))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that turns a camera frame into model input. Saved in every model card.
+
+    Grey levels are 8-bit (0..255); sizes are pixels of the normalised image.
+    """
+
+    # QC (paper 2.2): frames whose mean HSV V (8-bit) > max_mean_v are excluded ("overexposed").
+    max_mean_v: float = 240.0
+    # Also exclude nearly black frames ("underexposed"): mean V < min_mean_v.
+    min_mean_v: float = 10.0
+    # Variance of the Laplacian of the normalised 8-bit image; below => flag "out_of_focus".
+    # The score depends on the contrast method (CLAHE raises it), so recalibrate with it.
+    min_focus: float = 20.0
+    exclude_out_of_focus: bool = False
+    # Normalisation (paper 2.2 / 2.4.1). height x width = the paper's "220 x 300" (rows x cols).
+    target_mean_v: float = 130.0
+    height: int = 220
+    width: int = 300
+    median_ksize: int = 3  # odd; 1 switches the median filter off
+    contrast: ContrastMethod = "clahe"
+    clahe_clip_limit: float = 2.0
+    clahe_tile: int = 8  # tiles per side
+    # HSM (paper 2.4.1): bands from the filter bank, see BAND_NAMES.
+    bands: tuple[str, ...] = (
+        "intensity",
+        "gauss_2",
+        "gradient",
+        "log_2",
+        "local_std",
+        "halo_dog",
+    )
+    ws: int = 9  # SSCD window size, odd in 1..13; 1 switches SSN off
+    k: int = 12  # number of SSNs, 2..16, <= ws*ws - 1 when ws > 1
+    spatial_weight: float = 0.5  # lambda in the SSCD
+    # Foreground mask / confluence (PHANTAST-style local contrast).
+    mask_sigma: float = 2.0  # Gaussian sigma of the local mean/std window, pixels
+    mask_threshold: float = 0.05  # local std / local mean above which a pixel is "cell"
+    mask_min_object_px: int = 30  # smaller connected foreground specks are removed
+    mask_max_hole_px: int = 1000  # enclosed background holes up to this area are filled
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+
+        float_fields = (
+            "max_mean_v",
+            "min_mean_v",
+            "min_focus",
+            "target_mean_v",
+            "clahe_clip_limit",
+            "spatial_weight",
+            "mask_sigma",
+            "mask_threshold",
+        )
+        int_fields = (
+            "height",
+            "width",
+            "median_ksize",
+            "clahe_tile",
+            "ws",
+            "k",
+            "mask_min_object_px",
+            "mask_max_hole_px",
+        )
+        for name in float_fields:
+            value = getattr(self, name)
+            if not _is_real(value):
+                errors.append(f"{name} must be a finite number, got {value!r}")
+            else:
+                # Normalise ints (e.g. from JSON "240") so that round trips compare equal.
+                object.__setattr__(self, name, float(value))
+        for name in int_fields:
+            value = getattr(self, name)
+            if not _is_int(value):
+                errors.append(f"{name} must be an integer, got {value!r}")
+            else:
+                object.__setattr__(self, name, int(value))
+        if not isinstance(self.exclude_out_of_focus, bool):
+            errors.append(f"exclude_out_of_focus must be a bool, got {self.exclude_out_of_focus!r}")
+        if errors:
+            raise ValueError("invalid PipelineConfig: " + "; ".join(errors))
+
+        if not 0.0 < self.max_mean_v <= 255.0:
+            errors.append(f"max_mean_v must be in (0, 255], got {self.max_mean_v}")
+        if not 0.0 <= self.min_mean_v < self.max_mean_v:
+            errors.append(
+                f"min_mean_v must be in [0, max_mean_v={self.max_mean_v}), got {self.min_mean_v}"
+            )
+        if self.min_focus < 0.0:
+            errors.append(f"min_focus must be >= 0, got {self.min_focus}")
+        if not 0.0 < self.target_mean_v < 255.0:
+            errors.append(f"target_mean_v must be in (0, 255), got {self.target_mean_v}")
+        if self.height <= 0 or self.width <= 0:
+            errors.append(f"height and width must be > 0, got {self.height} x {self.width}")
+        if self.median_ksize < 1 or self.median_ksize % 2 == 0:
+            errors.append(f"median_ksize must be odd and >= 1, got {self.median_ksize}")
+        if self.contrast not in _CONTRAST_METHODS:
+            errors.append(f"contrast must be one of {_CONTRAST_METHODS}, got {self.contrast!r}")
+        if self.clahe_clip_limit <= 0.0:
+            errors.append(f"clahe_clip_limit must be > 0, got {self.clahe_clip_limit}")
+        if self.clahe_tile < 1:
+            errors.append(f"clahe_tile must be >= 1, got {self.clahe_tile}")
+
+        bands = self.bands
+        if isinstance(bands, str) or not isinstance(bands, tuple | list):
+            errors.append(f"bands must be a sequence of band names, got {bands!r}")
+        else:
+            object.__setattr__(self, "bands", tuple(bands))
+            if not self.bands:
+                errors.append("bands must not be empty")
+            unknown = [b for b in self.bands if b not in _BANDS]
+            if unknown:
+                errors.append(f"unknown band name(s) {unknown}; known: {list(BAND_NAMES)}")
+            if len(set(self.bands)) != len(self.bands):
+                errors.append(f"bands must be unique, got {list(self.bands)}")
+
+        if not (1 <= self.ws <= 13 and self.ws % 2 == 1):
+            errors.append(f"ws must be odd in 1..13, got {self.ws}")
+        if not 2 <= self.k <= 16:
+            errors.append(f"k must be in 2..16, got {self.k}")
+        elif self.ws > 1 and self.k > self.ws * self.ws - 1:
+            errors.append(
+                f"k={self.k} exceeds the {self.ws * self.ws - 1} neighbours of a "
+                f"{self.ws} x {self.ws} window"
+            )
+        if self.spatial_weight < 0.0:
+            errors.append(f"spatial_weight must be >= 0, got {self.spatial_weight}")
+        if self.mask_sigma <= 0.0:
+            errors.append(f"mask_sigma must be > 0, got {self.mask_sigma}")
+        if self.mask_threshold <= 0.0:
+            errors.append(f"mask_threshold must be > 0, got {self.mask_threshold}")
+        if self.mask_min_object_px < 0 or self.mask_max_hole_px < 0:
+            errors.append("mask_min_object_px and mask_max_hole_px must be >= 0")
+        if errors:
+            raise ValueError("invalid PipelineConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe dict (tuples become lists); inverse of :meth:`from_dict`."""
+        data = asdict(self)
+        data["bands"] = list(self.bands)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> PipelineConfig:
+        """Build from :meth:`to_dict` output (e.g. a model card); missing keys take defaults.
+
+        Raises:
+            ValueError: on unknown keys (a card written by a newer pipeline must not be silently
+                half-applied) or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown PipelineConfig key(s) {unknown}; known keys: {sorted(known)}"
+            )
+        kwargs = dict(data)
+        if "bands" in kwargs and isinstance(kwargs["bands"], list):
+            kwargs["bands"] = tuple(kwargs["bands"])
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class QCReport:
+    """Quality check of one frame."""
+
+    mean_v: float  # mean HSV V of the 8-bit frame, grey levels 0..255 (grey frame: V == grey)
+    focus_score: float  # variance of the Laplacian of the normalised image; 0.0 if not computed
+    excluded: bool
+    flags: tuple[str, ...]  # "overexposed", "underexposed", "out_of_focus"; empty when fine
+    reason: str | None  # human-readable reason when excluded, e.g. "mean V 247.3 > 240"
+
+
+@dataclass
+class PreparedImage:
+    """Everything :func:`prepare` derives from one frame. Arrays are None when excluded."""
+
+    qc: QCReport
+    normalised: U8Array | None  # (height, width) uint8
+    mask: BoolArray | None  # (height, width) bool, True = cell
+    confluence_pct: float | None  # 100 * mask.mean(), percent of the field covered by cells
+    features: F32Array | None  # (B, height, width) float32 model input, C-contiguous
+    timings_ms: dict[str, float]  # "qc", "normalise", "mask", "hsm"; milliseconds
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion and QC
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _uint16_lut(bit_depth: int) -> U8Array:
+    """Lookup table mapping 0..2**bit_depth - 1 linearly (rounded half up) onto 0..255."""
+    top = (1 << bit_depth) - 1
+    lut = np.floor(np.arange(top + 1, dtype=np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
+
+
+def to_uint8(frame: np.ndarray, bit_depth: int | None = None) -> U8Array:
+    """Convert a camera frame to 8 bits, keeping its shape.
+
+    Args:
+        frame: (H, W) or (H, W, C) array. uint8 is returned unchanged (a copy is not made);
+            uint16 holds ``bit_depth``-bit data (values 0..2**bit_depth - 1) and is scaled
+            linearly onto 0..255 (rounded); float holds intensities in [0, 1].
+        bit_depth: significant bits of integer data, 8..16. Default: 8 for uint8, 16 for uint16.
+            A 12-bit camera delivering uint16 frames needs ``bit_depth=12``, or every frame looks
+            16 times too dark.
+
+    Returns:
+        uint8 array of the same shape.
+
+    Raises:
+        ValueError: wrong ndim, empty, bool or other dtype, bit_depth out of range or not
+            matching the dtype, values outside the range the dtype/bit_depth allows, non-finite.
+    """
+    arr = np.asarray(frame)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"frame must be (H, W) or (H, W, C), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"frame is empty, shape {arr.shape}")
+    if bit_depth is not None and (not _is_int(bit_depth) or not 8 <= bit_depth <= 16):
+        raise ValueError(f"bit_depth must be an integer in 8..16, got {bit_depth!r}")
+
+    if arr.dtype == np.uint8:
+        if bit_depth not in (None, 8):
+            raise ValueError(f"a uint8 frame cannot hold {bit_depth}-bit data")
+        return arr
+    if arr.dtype == np.uint16:
+        depth = 16 if bit_depth is None else int(bit_depth)
+        top = (1 << depth) - 1
+        peak = int(arr.max())
+        if peak > top:
+            raise ValueError(
+                f"frame has values up to {peak}, above 2**{depth} - 1 = {top}; is bit_depth right?"
+            )
+        # A table lookup rather than float arithmetic: exact, and identical on every platform.
+        out: U8Array = _uint16_lut(depth)[arr]
+        return out
+    if np.issubdtype(arr.dtype, np.floating):
+        if bit_depth is not None:
+            raise ValueError("bit_depth applies to integer frames only; float frames are 0..1")
+        if not np.isfinite(arr).all():
+            raise ValueError("float frame contains NaN or infinity")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"float frame must lie in [0, 1], got [{lo:g}, {hi:g}]")
+        scaled = np.floor(arr.astype(np.float64) * 255.0 + 0.5)
+        return scaled.astype(np.uint8)
+    raise ValueError(
+        f"unsupported frame dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]"
+    )
+
+
+def _exact_mean(image: U8Array) -> float:
+    """Mean of a uint8 array from an exact integer sum: independent of memory layout (a channel
+    view of a BGR frame and a contiguous copy give the same bits), so QC decisions at the
+    threshold and the normalisation gain never depend on how the frame was stored."""
+    return int(image.sum(dtype=np.uint64)) / image.size
+
+
+def _u8(image: object) -> U8Array:
+    """View an OpenCV result as a typed uint8 array (no copy; OpenCV's stubs are untyped)."""
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _check_u8(frame8: np.ndarray, what: str) -> None:
+    if not isinstance(frame8, np.ndarray) or frame8.dtype != np.uint8:
+        dtype = getattr(frame8, "dtype", type(frame8).__name__)
+        raise ValueError(f"{what} must be a uint8 array (use to_uint8), got {dtype}")
+    if frame8.size == 0:
+        raise ValueError(f"{what} is empty, shape {frame8.shape}")
+    if frame8.ndim == 3 and frame8.shape[2] not in (1, 3):
+        raise ValueError(
+            f"{what} must be grey (H, W) / (H, W, 1) or BGR (H, W, 3), got shape {frame8.shape}"
+        )
+    if frame8.ndim not in (2, 3):
+        raise ValueError(f"{what} must be (H, W) or (H, W, C), got shape {frame8.shape}")
+
+
+def _to_grey(frame8: U8Array) -> U8Array:
+    """(H, W) / (H, W, 1) grey or (H, W, 3) BGR uint8 -> (H, W) uint8 grey (luma for colour)."""
+    if frame8.ndim == 2:
+        return frame8
+    if frame8.shape[2] == 1:
+        return frame8[:, :, 0]
+    grey = _u8(cv2.cvtColor(np.ascontiguousarray(frame8), cv2.COLOR_BGR2GRAY))
+    return grey
+
+
+def mean_v(frame8: np.ndarray) -> float:
+    """Mean of the HSV value channel, in 8-bit grey levels.
+
+    Args:
+        frame8: (H, W) or (H, W, 1) grey, or (H, W, 3) BGR, uint8. For grey frames V is the grey
+            level itself; for BGR it is ``cv2.cvtColor(..., COLOR_BGR2HSV)[..., 2]``
+            (= max(B, G, R)).
+    """
+    _check_u8(frame8, "frame8")
+    if frame8.ndim == 3 and frame8.shape[2] == 3:
+        hsv = _u8(cv2.cvtColor(np.ascontiguousarray(frame8), cv2.COLOR_BGR2HSV))
+        return _exact_mean(hsv[:, :, 2])
+    return _exact_mean(frame8)
+
+
+def quality_check(frame8: np.ndarray, config: PipelineConfig) -> QCReport:
+    """Exposure QC of an 8-bit frame (paper 2.2). ``focus_score`` is left 0.0; see :func:`prepare`.
+
+    Excluded iff mean V > ``max_mean_v`` ("overexposed": bright halos merge cell boundaries with
+    the background) or mean V < ``min_mean_v`` ("underexposed").
+    """
+    mv = mean_v(frame8)
+    if mv > config.max_mean_v:
+        reason = f"mean V {mv:.1f} > {config.max_mean_v:g}"
+        return QCReport(mv, 0.0, True, ("overexposed",), reason)
+    if mv < config.min_mean_v:
+        reason = f"mean V {mv:.1f} < {config.min_mean_v:g}"
+        return QCReport(mv, 0.0, True, ("underexposed",), reason)
+    return QCReport(mv, 0.0, False, (), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation, mask, bands
+# --------------------------------------------------------------------------------------------
+
+
+def normalise(frame8: np.ndarray, config: PipelineConfig) -> U8Array:
+    """Paper 2.2 / 2.4.1 preprocessing of one 8-bit frame.
+
+    Steps: grey (luma for BGR); scale so that the mean grey level is ``target_mean_v`` (saturating
+    at 255, so clipped frames end slightly below target); resize to (height, width); median filter
+    (``median_ksize``); contrast (CLAHE, global histogram equalisation, or none).
+
+    Resizing uses ``cv2.INTER_AREA`` when the frame shrinks in both directions: it averages every
+    source pixel, so shot noise and fine halos do not alias into moire, which point-sampling
+    interpolators do at the ~2.4x reduction of a 528 x 720 camera frame. Otherwise (any direction
+    enlarged) ``cv2.INTER_LINEAR``: for upscaling INTER_AREA has nothing to average and degrades
+    to a blocky near-neighbour result.
+
+    Args:
+        frame8: (H0, W0), (H0, W0, 1) or (H0, W0, 3) BGR uint8.
+        config: pipeline configuration.
+
+    Returns:
+        (config.height, config.width) uint8.
+    """
+    _check_u8(frame8, "frame8")
+    grey = _to_grey(frame8)
+
+    mean = _exact_mean(grey)
+    # A black frame cannot be brightened; QC normally excludes it before we get here.
+    gain = config.target_mean_v / mean if mean > 0.0 else 1.0
+    # Gain as a 256-entry table computed in float64 (round half up, saturate): exact and the same
+    # on every CPU, unlike float32 SIMD arithmetic.
+    lut = np.clip(np.floor(np.arange(256, dtype=np.float64) * gain + 0.5), 0, 255).astype(np.uint8)
+    scaled = _u8(cv2.LUT(np.ascontiguousarray(grey), lut))
+
+    h0, w0 = scaled.shape
+    if (h0, w0) == (config.height, config.width):
+        resized = scaled
+    else:
+        shrinking = config.height <= h0 and config.width <= w0
+        interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        resized = _u8(cv2.resize(scaled, (config.width, config.height), interpolation=interp))
+        if abs(h0 / w0 - config.height / config.width) > 0.02 * config.height / config.width:
+            logger.debug(
+                "frame %dx%d stretched to %dx%d (aspect ratio changes)",
+                h0,
+                w0,
+                config.height,
+                config.width,
+            )
+
+    denoised = resized if config.median_ksize == 1 else cv2.medianBlur(resized, config.median_ksize)
+
+    out: U8Array
+    if config.contrast == "clahe":
+        # A fresh CLAHE object per call: OpenCV algorithm objects are not documented thread-safe,
+        # and creating one costs microseconds.
+        clahe = cv2.createCLAHE(
+            clipLimit=config.clahe_clip_limit,
+            tileGridSize=(config.clahe_tile, config.clahe_tile),
+        )
+        out = _u8(clahe.apply(denoised))
+    elif config.contrast == "equalize":
+        out = _u8(cv2.equalizeHist(denoised))
+    else:
+        out = np.ascontiguousarray(denoised)
+    return out
+
+
+def focus_score(normalised: U8Array) -> float:
+    """Variance of the Laplacian (3 x 3) of a uint8 image; higher = sharper. Grey levels^2."""
+    lap = cv2.Laplacian(normalised, cv2.CV_64F, ksize=1, borderType=_BORDER)
+    return float(lap.var())
+
+
+def foreground_mask(normalised: np.ndarray, config: PipelineConfig) -> BoolArray:
+    """Cell (foreground) mask from local contrast, in the spirit of PHANTAST (Jaccard et al. 2014).
+
+    Cells in phase contrast are textured; the background is flat. A pixel is foreground when the
+    local coefficient of variation, Gaussian-weighted std / Gaussian-weighted mean with
+    ``mask_sigma``, exceeds ``mask_threshold``. Then: a 3 x 3 opening removes isolated pixels,
+    connected components smaller than ``mask_min_object_px`` are dropped (debris), and enclosed
+    background holes up to ``mask_max_hole_px`` are filled (flat cell interiors); larger holes are
+    kept, because at high confluence real gaps between cells are enclosed too and filling them
+    would inflate the confluence.
+
+    Args:
+        normalised: (H, W) uint8 from :func:`normalise`.
+        config: pipeline configuration.
+
+    Returns:
+        (H, W) bool, True = cell.
+    """
+    if normalised.dtype != np.uint8 or normalised.ndim != 2:
+        raise ValueError(
+            f"normalised must be (H, W) uint8, got {normalised.dtype} {normalised.shape}"
+        )
+    f = normalised.astype(np.float32)
+    mu = _gauss(f, config.mask_sigma)
+    mu2 = _gauss(f * f, config.mask_sigma)
+    std = np.sqrt(np.maximum(mu2 - mu * mu, np.float32(0.0)))
+    # +1 grey level keeps black regions (mean ~0) from dividing by zero.
+    fg = (std > np.float32(config.mask_threshold) * (mu + np.float32(1.0))).astype(np.uint8)
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    fg = _u8(cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REPLICATE))
+
+    if config.mask_min_object_px > 0:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= config.mask_min_object_px
+        keep[0] = False  # label 0 is the background
+        fg = keep[labels].astype(np.uint8)
+
+    if config.mask_max_hole_px > 0:
+        # Holes = background components (4-connected, dual of the 8-connected foreground) that do
+        # not touch the image border.
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(1 - fg, connectivity=4)
+        border_labels = np.unique(
+            np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        )
+        fill = stats[:, cv2.CC_STAT_AREA] <= config.mask_max_hole_px
+        fill[border_labels] = False
+        fill[0] = False  # label 0 is the foreground here
+        fg = fg | fill[labels].astype(np.uint8)
+
+    mask: BoolArray = fg.astype(bool)
+    return mask
+
+
+def band_stack(normalised: np.ndarray, config: PipelineConfig) -> F32Array:
+    """Derive the HSM "spectral" bands of a normalised image with the fixed filter bank.
+
+    Band ``name`` is ``(filter_name(image in grey levels) - offset) / scale`` with fixed
+    constants (see ``_BANDS``), so it is roughly zero-mean, unit-scale on typical fields:
+    intensity-like bands ((I - 128) / 32) lie in [-4, 4]; the others are unbounded but mostly
+    within +-5 (gradient >= -0.625, local_std >= -0.8). The same image always gives the same
+    bands (no per-image statistics).
+
+    Args:
+        normalised: (H, W) uint8 from :func:`normalise`.
+        config: ``config.bands`` names the bands, in order.
+
+    Returns:
+        (H, W, B) float32, C-contiguous, B = len(config.bands).
+    """
+    if normalised.dtype != np.uint8 or normalised.ndim != 2:
+        raise ValueError(
+            f"normalised must be (H, W) uint8, got {normalised.dtype} {normalised.shape}"
+        )
+    return np.ascontiguousarray(_band_planes(normalised, config).transpose(1, 2, 0))
+
+
+def _band_planes(normalised: U8Array, config: PipelineConfig) -> F32Array:
+    """(B, H, W) float32 version of :func:`band_stack` (the SSN code works on planes)."""
+    f = normalised.astype(np.float32)
+    planes = np.empty((len(config.bands), *f.shape), dtype=np.float32)
+    for i, name in enumerate(config.bands):
+        spec = _BANDS[name]
+        np.subtract(spec.fn(f), np.float32(spec.offset), out=planes[i])
+        planes[i] *= np.float32(1.0 / spec.scale)
+    return planes
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial-spectral neighbours
+# --------------------------------------------------------------------------------------------
+
+# 3x3 binomial kernel ([1, 2, 1] / 4 in each direction): the "weighted-mean filter" applied to the
+# bands before SSCD, suppressing pixel noise in the spectral distances.
+_WMF_KERNEL = np.array([0.25, 0.5, 0.25], dtype=np.float32)
+
+
+def weighted_mean_filter(bands: np.ndarray) -> F32Array:
+    """3 x 3 binomial weighted mean of each band, reflect-101 border.
+
+    Args:
+        bands: (H, W, B) float32.
+
+    Returns:
+        (H, W, B) float32.
+    """
+    _check_bands(bands)
+    planes = np.ascontiguousarray(np.asarray(bands, dtype=np.float32).transpose(2, 0, 1))
+    return np.ascontiguousarray(_wmf_planes(planes).transpose(1, 2, 0))
+
+
+def _wmf_planes(planes: F32Array) -> F32Array:
+    out = np.empty_like(planes)
+    for b in range(planes.shape[0]):
+        out[b] = cv2.sepFilter2D(
+            planes[b], cv2.CV_32F, _WMF_KERNEL, _WMF_KERNEL, borderType=_BORDER
+        )
+    return out
+
+
+def _check_bands(bands: np.ndarray) -> None:
+    if not isinstance(bands, np.ndarray) or bands.ndim != 3 or bands.size == 0:
+        shape = getattr(bands, "shape", None)
+        raise ValueError(f"bands must be a non-empty (H, W, B) array, got shape {shape}")
+    if not np.issubdtype(bands.dtype, np.floating):
+        raise ValueError(f"bands must be floating point, got {bands.dtype}")
+
+
+@functools.lru_cache(maxsize=16)
+def _window_offsets(ws: int) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+    """Offsets (dy, dx) != (0, 0) of a ws x ws window, in tie-break order, and their normalised
+    spatial distances in [0, 1] (distance / distance of the window corner)."""
+    r = ws // 2
+    offsets = sorted(
+        ((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)),
+        key=lambda o: (o[0] * o[0] + o[1] * o[1], o[0], o[1]),
+    )
+    corner = math.sqrt(2.0) * r
+    return tuple(offsets), tuple(math.hypot(dy, dx) / corner for dy, dx in offsets)
+
+
+def ssn_features(bands: np.ndarray, config: PipelineConfig) -> F32Array:
+    """Spatial-spectral neighbour (SSN) mean of each band (paper 2.4.1, our reading; see the
+    module docstring for the exact SSCD and tie-breaking).
+
+    Args:
+        bands: (H, W, B) float32 band cube (from :func:`band_stack`).
+        config: uses ``ws``, ``k`` and ``spatial_weight``.
+
+    Returns:
+        (H, W, B) float32: for ws == 1 the weighted-mean-filtered bands; otherwise, per pixel,
+        the mean of the filtered band vectors of the pixel and its K SSNs.
+    """
+    _check_bands(bands)
+    planes = np.ascontiguousarray(np.asarray(bands, dtype=np.float32).transpose(2, 0, 1))
+    return np.ascontiguousarray(_ssn_planes(planes, config).transpose(1, 2, 0))
+
+
+def _ssn_planes(planes: F32Array, config: PipelineConfig) -> F32Array:
+    """(B, H, W) -> (B, H, W) float32 core of :func:`ssn_features`."""
+    x = _wmf_planes(planes)
+    if config.ws == 1:
+        return x
+    n_bands, h, w = x.shape
+    k = config.k
+    r = config.ws // 2
+    offsets, spatial = _window_offsets(config.ws)
+    n_off = len(offsets)
+
+    # Reflect-101 padding ("reflect" in numpy's naming); unlike cv2.copyMakeBorder it also works
+    # when the image is smaller than the window.
+    pad = np.pad(x, ((0, 0), (r, r), (r, r)), mode="reflect")
+
+    def shifted(dy: int, dx: int) -> F32Array:
+        view: F32Array = pad[:, r + dy : r + dy + h, r + dx : r + dx + w]
+        return view
+
+    # SSCD for every offset: (n_off, H, W). Vectorised over pixels, a short loop over offsets and
+    # bands with preallocated buffers (float32 throughout).
+    dist = np.empty((n_off, h, w), dtype=np.float32)
+    acc = np.empty((h, w), dtype=np.float32)
+    tmp = np.empty((h, w), dtype=np.float32)
+    inv_sqrt_b = np.float32(1.0 / math.sqrt(n_bands))
+    lam = config.spatial_weight
+    for n, (dy, dx) in enumerate(offsets):
+        sh = shifted(dy, dx)
+        np.subtract(x[0], sh[0], out=acc)
+        np.multiply(acc, acc, out=acc)
+        for b in range(1, n_bands):
+            np.subtract(x[b], sh[b], out=tmp)
+            np.multiply(tmp, tmp, out=tmp)
+            acc += tmp
+        np.sqrt(acc, out=acc)
+        np.multiply(acc, inv_sqrt_b, out=dist[n])
+        dist[n] += np.float32(lam * spatial[n])
+
+    # Select the K smallest per pixel: everything <= the K-th smallest value, then, only where
+    # ties at that value give more than K, keep the tied offsets that come first in offset order.
+    kth = np.partition(dist, k - 1, axis=0)[k - 1]
+    selected = dist <= kth
+    over = np.count_nonzero(selected, axis=0) > k
+    if over.any():
+        d_over = dist[:, over]
+        kth_over = kth[over]
+        less = d_over < kth_over
+        tied = d_over == kth_over
+        room = k - np.count_nonzero(less, axis=0)
+        selected[:, over] = less | (tied & (np.cumsum(tied, axis=0) <= room))
+
+    # Mean of the pixel and its K SSNs.
+    out = x.copy()
+    weight = np.empty((h, w), dtype=np.float32)
+    contrib = np.empty_like(x)
+    for n, (dy, dx) in enumerate(offsets):
+        np.copyto(weight, selected[n])
+        np.multiply(shifted(dy, dx), weight, out=contrib)
+        out += contrib
+    out *= np.float32(1.0 / (k + 1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The whole path
+# --------------------------------------------------------------------------------------------
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def prepare(
+    frame: np.ndarray, config: PipelineConfig, bit_depth: int | None = None
+) -> PreparedImage:
+    """Camera frame -> QC, normalised image, cell mask, confluence and model features.
+
+    Args:
+        frame: (H0, W0) or (H0, W0, 1) grey, or (H0, W0, 3) BGR colour; uint8, uint16
+            (``bit_depth`` bits) or float in [0, 1]. Colour frames: QC on HSV V, processing on
+            the luma (grey) image.
+        config: pipeline configuration (from the model card when serving).
+        bit_depth: significant bits of uint16 data; see :func:`to_uint8`.
+
+    Returns:
+        A :class:`PreparedImage`. For excluded frames only ``qc`` and timings are filled.
+        ``timings_ms`` has "qc" (8-bit conversion, exposure and focus), "normalise", "mask" and
+        "hsm" (bands + SSN); stages not run are absent.
+
+    Raises:
+        ValueError: for malformed frames (see :func:`to_uint8`) or unsupported channel counts.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    frame8 = to_uint8(frame, bit_depth)
+    if frame8.ndim == 3 and frame8.shape[2] not in (1, 3):
+        raise ValueError(
+            f"frame must be grey (H, W) / (H, W, 1) or BGR (H, W, 3), got shape {frame8.shape}"
+        )
+    qc = quality_check(frame8, config)
+    timings["qc"] = _ms(t0)
+    if qc.excluded:
+        logger.debug("frame excluded: %s", qc.reason)
+        return PreparedImage(qc, None, None, None, None, timings)
+
+    t0 = time.perf_counter()
+    norm = normalise(frame8, config)
+    timings["normalise"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    focus = focus_score(norm)
+    if focus < config.min_focus:
+        flags = (*qc.flags, "out_of_focus")
+        if config.exclude_out_of_focus:
+            reason = f"focus score {focus:.1f} < {config.min_focus:g}"
+            qc = QCReport(qc.mean_v, focus, True, flags, reason)
+            timings["qc"] += _ms(t0)
+            logger.debug("frame excluded: %s", reason)
+            return PreparedImage(qc, None, None, None, None, timings)
+        qc = QCReport(qc.mean_v, focus, False, flags, None)
+    else:
+        qc = QCReport(qc.mean_v, focus, qc.excluded, qc.flags, qc.reason)
+    timings["qc"] += _ms(t0)
+
+    t0 = time.perf_counter()
+    mask = foreground_mask(norm, config)
+    confluence = 100.0 * float(mask.mean())
+    timings["mask"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    features = _ssn_planes(_band_planes(norm, config), config)
+    timings["hsm"] = _ms(t0)
+
+    return PreparedImage(qc, norm, mask, confluence, features, timings)

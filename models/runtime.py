@@ -1,0 +1,120 @@
+"""ONNX Runtime inference, CUDA when present, CPU otherwise, and honest about which one runs.
+
+CUDA silently falling back to CPU is a known trap (a missing cuDNN makes onnxruntime-gpu log a
+warning and carry on on the CPU), so the provider reported is the one the session actually
+holds (``session.get_providers()``), not the one asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from models.pipeline import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """No onnxruntime installed, or the requested provider does not exist."""
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # neither extra installed
+        raise RuntimeUnavailableError(
+            "onnxruntime is not installed: install the 'cpu' extra (pip install 'mscreen[cpu]') "
+            "or, on a CUDA machine, the 'gpu' extra (onnxruntime-gpu); never both"
+        ) from exc
+    return onnxruntime
+
+
+def requested_providers(choice: ProviderChoice, available: Sequence[str]) -> list[str]:
+    """Execution providers to ask for, in priority order."""
+    if choice == "cpu":
+        return [_CPU]
+    if choice == "cuda":
+        if _CUDA not in available:
+            raise RuntimeUnavailableError(
+                f"CUDA was requested but this onnxruntime offers only {list(available)}; "
+                "install the 'gpu' extra (onnxruntime-gpu) in place of onnxruntime"
+            )
+        return [_CUDA, _CPU]
+    return [_CUDA, _CPU] if _CUDA in available else [_CPU]
+
+
+class OnnxClassifier:
+    """A published SCNN, ready to score prepared images.
+
+    Args:
+        model_path: path to ``model.onnx``.
+        providers: "auto" (CUDA if this onnxruntime has it), "cpu" or "cuda".
+        intra_op_threads: CPU threads per inference call (0 = onnxruntime's default).
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        providers: ProviderChoice = "auto",
+        intra_op_threads: int = 0,
+    ) -> None:
+        ort = _import_onnxruntime()
+        self.model_path = Path(model_path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        asked = requested_providers(providers, ort.get_available_providers())
+        self.session = ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=asked
+        )
+        self.providers: list[str] = list(self.session.get_providers())
+        if asked[0] != self.providers[0]:
+            logger.warning(
+                "asked onnxruntime for %s but the session runs on %s", asked[0], self.providers[0]
+            )
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, str] = dict(metadata)
+        try:
+            self.pipeline_config = PipelineConfig.from_dict(json.loads(metadata["pipeline_config"]))
+        except KeyError:
+            raise ValueError(
+                f"{self.model_path} carries no 'pipeline_config' metadata; "
+                "export it with models.onnx_export.export_onnx"
+            ) from None
+        self.threshold = float(metadata.get("threshold", "0.5"))
+        self.name = metadata.get("model_name", self.model_path.parent.parent.name)
+        self.version = metadata.get("model_version", self.model_path.parent.name)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs this model."""
+        return self.providers[0]
+
+    def predict(self, features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score a batch.
+
+        Args:
+            features: (N, B, H, W) float32.
+            mask: (N, 1, H, W) float32 in [0, 1].
+
+        Returns:
+            ``probability`` (N,) float32 = P(high), ``logit_map`` (N, 1, h, w) float32.
+        """
+        logit_map, probability = self.session.run(
+            ["logit_map", "probability"],
+            {
+                "features": np.ascontiguousarray(features, dtype=np.float32),
+                "mask": np.ascontiguousarray(mask, dtype=np.float32),
+            },
+        )
+        return np.asarray(probability, dtype=np.float32), np.asarray(logit_map, dtype=np.float32)

@@ -1,0 +1,82 @@
+"""Shared fixtures. Tests never touch a developer's real database or data directory.
+
+PostgreSQL tests create a throw-away database on the server named by MSCREEN_TEST_POSTGRES_URL
+(default: postgres@127.0.0.1:5432) and drop it afterwards. Where no server answers they skip,
+unless MSCREEN_REQUIRE_POSTGRES=1 (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A developer's MSCREEN_* variables or .env must not leak into tests.
+    for key in list(os.environ):
+        if key.startswith("MSCREEN_") and not key.startswith(("MSCREEN_TEST_", "MSCREEN_REQUIRE_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def _postgres_admin_url() -> str:
+    return os.environ.get("MSCREEN_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    admin_url = make_url(_postgres_admin_url())
+    admin = create_engine(admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"mscreen_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        if os.environ.get("MSCREEN_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here but {admin_url!r} failed: {exc}")
+        pytest.skip(
+            f"no PostgreSQL at {admin_url.render_as_string(hide_password=True)}: "
+            f"{type(exc).__name__}"
+        )
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mscreen-test.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        worker_poll_seconds=0.05,
+        onnx_provider="cpu",
+        _env_file=None,  # type: ignore[call-arg]
+    )

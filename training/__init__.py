@@ -1,0 +1,1 @@
+"""Offline jobs that produce model artifacts (needs the `train` extra: PyTorch, onnx)."""
