@@ -13,7 +13,7 @@ import onnx
 import torch
 from torch import nn
 
-from models.pipeline import PipelineConfig
+from models.pipeline import FEATURE_VERSION, PipelineConfig
 from models.runtime import OnnxClassifier
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,11 @@ def export_onnx(
             dynamo=False,
         )
     graph = onnx.load(str(path))
-    entries = {"pipeline_config": json.dumps(pipeline.to_dict()), "threshold": str(threshold)}
+    entries = {
+        "pipeline_config": json.dumps(pipeline.to_dict()),
+        "feature_version": FEATURE_VERSION,
+        "threshold": str(threshold),
+    }
     entries.update(metadata or {})
     del graph.metadata_props[:]
     for key, value in entries.items():

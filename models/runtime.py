@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.pipeline import PipelineConfig
+from models.pipeline import FEATURE_VERSION, PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,14 @@ class OnnxClassifier:
                 f"{self.model_path} carries no 'pipeline_config' metadata; "
                 "export it with models.onnx_export.export_onnx"
             ) from None
+        trained_features = metadata.get("feature_version")
+        if trained_features != FEATURE_VERSION:
+            # The band filters/constants changed since this model was trained: its inputs would
+            # no longer mean what they meant in training.
+            raise ValueError(
+                f"{self.model_path} was trained on pipeline feature version {trained_features!r} "
+                f"but this code builds version {FEATURE_VERSION!r}; retrain or pin the code"
+            )
         self.threshold = float(metadata.get("threshold", "0.5"))
         self.name = metadata.get("model_name", self.model_path.parent.parent.name)
         self.version = metadata.get("model_version", self.model_path.parent.name)

@@ -13,7 +13,7 @@ from typing import Any
 import models
 from models.networks import MaskedClassifier, architecture_of, parameter_count
 from models.onnx_export import check_parity, export_onnx
-from models.pipeline import PipelineConfig
+from models.pipeline import FEATURE_VERSION, PipelineConfig
 from models.repository import CARD_FILENAME, MODEL_FILENAME, ModelArtifact, ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def publish(
         },
         "threshold": threshold,
         "pipeline": pipeline.to_dict(),
+        "feature_version": FEATURE_VERSION,
         "parity": parity.to_dict(),
         **card,
     }

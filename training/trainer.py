@@ -150,7 +150,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += float(loss) * len(index)
+            running += float(loss.detach()) * len(index)
             seen += len(index)
         scheduler.step()
         val_loss = evaluate_loss(model, val_set, pos_weight)
