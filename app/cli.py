@@ -220,6 +220,7 @@ def results(
         settings = get_settings()
         engine = db.make_engine(settings.resolved_database_url)
         try:
+            db.check_schema(engine)
             with db.session_scope(db.make_session_factory(engine)) as session:
                 plate_row = find_plate(session, plate)
                 scan_row = latest_scan(session, plate_row) if plate_row else None
@@ -305,13 +306,20 @@ def main() -> None:
     """Entry point: run the CLI and turn user errors into one line."""
     from pydantic import ValidationError
 
+    from app.db import DatabaseNotReadyError
     from hardware.plate import WellNameError
     from models.repository import ModelNotFoundError
     from models.runtime import RuntimeUnavailableError
 
     try:
         cli()
-    except (UserError, WellNameError, ModelNotFoundError, RuntimeUnavailableError) as exc:
+    except (
+        UserError,
+        WellNameError,
+        ModelNotFoundError,
+        RuntimeUnavailableError,
+        DatabaseNotReadyError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except ValidationError as exc:

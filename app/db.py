@@ -10,6 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,3 +82,28 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+class DatabaseNotReadyError(RuntimeError):
+    """The database does not exist or is not at the code's schema revision."""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise :class:`DatabaseNotReadyError` unless ``engine``'s schema is at head.
+
+    For read-only commands, which must neither create a database nor migrate one.
+    """
+    url = engine.url
+    file_backed = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if file_backed and not Path(str(url.database)).exists():
+        raise DatabaseNotReadyError(f"no database at {url.database} (nothing scanned yet?)")
+    head = ScriptDirectory.from_config(
+        alembic_config(url.render_as_string(hide_password=False))
+    ).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise DatabaseNotReadyError(
+            f"database {url.render_as_string(hide_password=True)} is at schema revision "
+            f"{current or 'none'}, the code needs {head}: run `mscreen db upgrade`"
+        )

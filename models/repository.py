@@ -108,7 +108,11 @@ class ModelRepository:
 
 
 def triton_config(name: str, in_bands: int, height: int, width: int) -> str:
-    """Triton model configuration with a dynamic batch axis (max_batch_size > 0)."""
+    """Triton model configuration with a dynamic batch axis (max_batch_size > 0).
+
+    With batching on, Triton's dims exclude the batch axis; ``probability`` is (N,) in the
+    graph, which Triton expresses as dims [1] reshaped to a scalar per batch item.
+    """
     return f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: 96
@@ -118,7 +122,7 @@ input [
 ]
 output [
   {{ name: "logit_map" data_type: TYPE_FP32 dims: [ 1, -1, -1 ] }},
-  {{ name: "probability" data_type: TYPE_FP32 dims: [ ] }}
+  {{ name: "probability" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
 instance_group [ {{ kind: KIND_GPU count: 1 }} ]

@@ -33,7 +33,7 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch):
     env = dict(os.environ, MSCREEN_DATA_DIR=str(tmp_path / "data"))
     unknown = _mscreen("results", "--plate", "NOPE", env=env)
     assert unknown.returncode == 2
-    assert unknown.stderr.strip().startswith("error: no results for plate 'NOPE'")
+    assert unknown.stderr.strip().startswith("error: no database at")
     assert "Traceback" not in unknown.stderr
     objective = _mscreen("scan", "--plate", "P1", "--objective", "63x", env=env)
     assert objective.returncode == 2 and "Traceback" not in objective.stderr
@@ -54,5 +54,10 @@ def test_local_scan_of_a_few_wells_prints_a_map_and_csv(tmp_path):
     lines = csv_out.stdout.strip().splitlines()
     assert lines[0].startswith("well,status,label,probability")
     assert [line.split(",")[0] for line in lines[1:]] == ["A1", "B2", "C3"]
+    other = _mscreen("results", "--plate", "NOT-SCANNED", env=env)
+    assert other.returncode == 2
+    assert other.stderr.strip() == "error: no results for plate 'NOT-SCANNED' in " + (
+        f"sqlite:///{tmp_path / 'data' / 'mscreen.db'}"
+    )
     bad = _mscreen("scan", "--plate", "SIM-CLI-1", "--wells", "A1,Q4", env=env)
     assert bad.returncode == 2 and "Q4" in bad.stderr and "Traceback" not in bad.stderr
