@@ -110,14 +110,7 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list:
     runtime = build_runtime(settings)
     try:
         with session_scope(runtime.session_factory) as session:
-            scan_row = create_scan(
-                session,
-                barcode=request.plate_barcode,
-                objective=request.objective,
-                fields_per_well=request.fields_per_well,
-                microscope=runtime.microscope_name,
-                wells=request.wells,
-            )
+            scan_row = create_scan(session, request, microscope=runtime.microscope_name)
             scan_id, total = scan_row.id, scan_row.wells_total
         typer.echo(
             f"scan {scan_id} of {request.plate_barcode}: {total} wells at {request.objective}, "

@@ -19,14 +19,7 @@ def start_scan(
 ) -> ScanPublic:
     """Queue a scan of a plate. The worker runs it; follow it at the returned Location."""
     try:
-        scan = create_scan(
-            session,
-            barcode=body.plate_barcode,
-            objective=body.objective,
-            fields_per_well=body.fields_per_well,
-            microscope=runtime.microscope_name,
-            wells=body.wells,
-        )
+        scan = create_scan(session, body, microscope=runtime.microscope_name)
     except (WellNameError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     session.commit()
