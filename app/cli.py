@@ -276,11 +276,12 @@ def train(
     )
     artifact, card = job.run()
     test = card["metrics"]["test"]  # type: ignore[index]
+    metrics, ci = test["metrics"], test["ci95"]
     typer.echo(
         f"published {artifact.name} v{artifact.version} at {artifact.directory}\n"
-        f"held-out simulated plates: accuracy {test['accuracy']:.3f} "
-        f"(95% CI {test['accuracy_ci95'][0]:.3f}-{test['accuracy_ci95'][1]:.3f}), "
-        f"AUC {test['auc']:.3f}, n={test['n']}"
+        f"held-out simulated plates: accuracy {metrics['accuracy']:.3f} "
+        f"(95% CI {ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}), "
+        f"AUC {metrics['auc']:.3f}, n={metrics['n']}"
     )
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from hardware.simulation import SimulationConfig
+from models.metrics import evaluate as evaluate_scores
 from models.networks import MaskedClassifier, create_model
 from models.pipeline import PipelineConfig
 from models.repository import ModelArtifact, ModelRepository
 from training.data import ImageSet, simulated_image_set
-from training.metrics import binary_metrics, bootstrap_ci
 from training.publish import publish
 from training.trainer import TrainConfig, predict, seed_everything, train
 
@@ -95,13 +95,8 @@ class SimulatedTrainingJob:
 
 
 def evaluate(model: MaskedClassifier, data: ImageSet, threshold: float = 0.5) -> dict[str, object]:
-    """Per-image metrics with 95 % bootstrap intervals for accuracy and AUC."""
-    probability = predict(model, data)
-    metrics: dict[str, object] = dict(binary_metrics(data.labels, probability, threshold).to_dict())
-    metrics["accuracy_ci95"] = bootstrap_ci(
-        data.labels, probability, "accuracy", threshold=threshold
-    )
-    metrics["auc_ci95"] = bootstrap_ci(data.labels, probability, "auc", threshold=threshold)
-    metrics["unit"] = "image (one field per well: image == well)"
-    metrics["positive_rate"] = float(np.mean(data.labels))
-    return metrics
+    """Per-image metrics, 95 % bootstrap intervals and ROC points on ``data``."""
+    report = evaluate_scores(data.labels, predict(model, data), threshold=threshold)
+    report["unit"] = "image (one field per well: image == well)"
+    report["positive_rate"] = float(np.mean(data.labels))
+    return report
