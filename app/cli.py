@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,13 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+keys_cli = typer.Typer(help="API keys (viewer, operator, admin).", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="MSCREEN_API_KEY", help="API key for --server calls."),
+]
 
 
 class UserError(Exception):
@@ -79,6 +87,7 @@ def scan(
         bool,
         typer.Option(help="Simulated microscope only: compare calls with the hidden FCT truth."),
     ] = False,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Scan a plate, classify each well as it is imaged, and print the 96-well map."""
     if objective not in ("40x", "100x"):
@@ -90,7 +99,7 @@ def scan(
         "fields_per_well": fields,
         "wells": well_list,
     }
-    results = _scan_remote(server, body) if server else _scan_local(get_settings(), body)
+    results = _scan_remote(server, body, api_key) if server else _scan_local(get_settings(), body)
     from app.platemap import render_plate_map
 
     typer.echo(render_plate_map(results, color=sys.stdout.isatty()))
@@ -120,7 +129,6 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list:
         started = time.perf_counter()
         with tqdm(total=total, desc="wells", unit="well", file=sys.stderr) as bar:
             runtime.worker.on_progress = lambda _id, done, _total: bar.update(done - bar.n)
-            runtime.worker.requeue_interrupted()
             runtime.worker.run_pending()
         with session_scope(runtime.session_factory) as session:
             scan_row = session.get_one(Scan, scan_id)
@@ -136,10 +144,15 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list:
         runtime.close()
 
 
-def _scan_remote(server: str, body: dict[str, object]) -> list:
+def _client(server: str, api_key: str | None) -> httpx.Client:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    return httpx.Client(base_url=server.rstrip("/"), timeout=30, headers=headers)
+
+
+def _scan_remote(server: str, body: dict[str, object], api_key: str | None) -> list:
     from app.api.schemas import PlateWellsPublic, ScanPublic
 
-    with httpx.Client(base_url=server.rstrip("/"), timeout=30) as client:
+    with _client(server, api_key) as client:
         response = client.post("/api/v1/scans", json=body)
         _raise_for_api(response)
         location = response.headers["Location"]
@@ -196,13 +209,14 @@ def results(
         bool, typer.Option("--csv", help="Print CSV instead of the map.")
     ] = False,
     server: Annotated[str | None, typer.Option(help="URL of a running service.")] = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Print the latest per-well calls of a plate."""
     from app.api.schemas import PlateWellsPublic, ScanPublic, WellResultPublic
     from app.platemap import render_plate_map, results_csv
 
     if server:
-        with httpx.Client(base_url=server.rstrip("/"), timeout=30) as client:
+        with _client(server, api_key) as client:
             response = client.get(f"/api/v1/plates/{plate}/wells")
             _raise_for_api(response)
             plate_wells = PlateWellsPublic.model_validate(response.json())
@@ -253,8 +267,19 @@ def train(
     difficulty: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Simulator class overlap.")
     ] = 0.5,
+    run_id: Annotated[
+        int | None, typer.Option(help="Report to this training run (set by the API).")
+    ] = None,
 ) -> None:
     """Train the SCNN on freshly simulated plates and publish a new model version."""
+    if run_id is not None:
+        _train_for_run(
+            run_id,
+            lambda: train(
+                repository, name, train_plates, val_plates, test_plates, epochs, seed, difficulty
+            ),
+        )
+        return
     try:
         from training.jobs import SimulatedTrainingJob
         from training.trainer import TrainConfig
@@ -283,6 +308,83 @@ def train(
         f"(95% CI {ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}), "
         f"AUC {metrics['auc']:.3f}, n={metrics['n']}"
     )
+
+
+def _train_for_run(run_id: int, job: Callable[[], object]) -> None:
+    """Run ``job`` and record its start, outcome and published version on the run's row."""
+    from app import db
+    from app.orm import TrainingRun
+    from app.training_runs import mark_finished, mark_running
+    from models.repository import ModelRepository
+
+    settings = get_settings()
+    engine = db.make_engine(settings.resolved_database_url)
+    factory = db.make_session_factory(engine)
+    try:
+        with db.session_scope(factory) as session:
+            mark_running(session, run_id)
+        try:
+            job()
+        except BaseException as exc:
+            with db.session_scope(factory) as session:
+                mark_finished(session, run_id, error=f"{type(exc).__name__}: {exc}")
+            raise
+        with db.session_scope(factory) as session:
+            name = session.get_one(TrainingRun, run_id).model_name or settings.model_name
+            versions = ModelRepository(settings.model_repository).versions(name)
+            mark_finished(session, run_id, version=versions[-1] if versions else None)
+    finally:
+        engine.dispose()
+
+
+# -- keys --------------------------------------------------------------------------------------
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
+) -> None:
+    """Create an API key and print its secret (shown once; only a hash is stored)."""
+    from app import db
+    from app.auth import audit, create_key
+    from app.orm import Role
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise UserError(f"--role must be viewer, operator or admin, not {role!r}") from None
+    url = get_settings().resolved_database_url
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    try:
+        with db.session_scope(db.make_session_factory(engine)) as session:
+            try:
+                secret = create_key(session, name, chosen)
+            except ValueError as exc:
+                raise UserError(str(exc)) from exc
+            audit(session, "cli", "key.create", f"key:{name}", role=chosen.value)
+    finally:
+        engine.dispose()
+    typer.echo(secret)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke an API key."""
+    from app import db
+    from app.auth import audit, revoke_key
+
+    engine = db.make_engine(get_settings().resolved_database_url)
+    try:
+        db.check_schema(engine)
+        with db.session_scope(db.make_session_factory(engine)) as session:
+            try:
+                revoke_key(session, name)
+            except LookupError as exc:
+                raise UserError(str(exc)) from exc
+            audit(session, "cli", "key.revoke", f"key:{name}")
+    finally:
+        engine.dispose()
+    typer.echo(f"revoked {name}")
 
 
 # -- db ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.routes import health, plates, scans
+from app.api.routes import evaluation, health, keys, models, plates, scans
 from app.runtime import build_runtime
 from app.settings import Settings, get_settings
 
@@ -38,6 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    for router in (scans.router, plates.router, health.router):
+    for router in (
+        scans.router,
+        plates.router,
+        evaluation.router,
+        models.router,
+        keys.router,
+        health.router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -125,6 +125,14 @@ class Scan(Base):
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    # Retries of the same POST (same Idempotency-Key and body) return this scan.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The worker holding the scan renews the lease while it runs; a lease that has expired
+    # means its worker died, and another (or the restarted one) resumes the scan.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
 
     plate: Mapped[Plate] = relationship(back_populates="scans")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -193,6 +201,92 @@ class WellResult(Base):
     scan: Mapped[Scan] = relationship(back_populates="results")
     well: Mapped[Well] = relationship()
     model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class ManualCall(Base):
+    """A person's visual call of a well (the paper's MV group), with the time it took."""
+
+    __tablename__ = "manual_calls"
+    __table_args__ = (
+        UniqueConstraint("well_id", "operator"),
+        CheckConstraint("seconds_spent >= 0", name="seconds_spent"),
+        CheckConstraint("label IN ('high', 'low')", name="label"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(8))
+    seconds_spent: Mapped[float | None] = mapped_column(Float)
+    operator: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    well: Mapped[Well] = relationship()
+
+
+class Role(enum.StrEnum):
+    viewer = "viewer"  # reads
+    operator = "operator"  # + starts scans, uploads ground truth
+    admin = "admin"  # + manages models and API keys
+
+    def allows(self, needed: Role) -> bool:
+        order = [Role.viewer, Role.operator, Role.admin]
+        return order.index(self) >= order.index(needed)
+
+
+class ApiKey(Base):
+    """An API key; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(Enum(Role, name="role", native_enum=False, length=16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Who changed what, when: one row per write."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]]
+
+
+class TrainingRunStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class TrainingRun(Base):
+    """A retraining job run as a separate process."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[TrainingRunStatus] = mapped_column(
+        Enum(TrainingRunStatus, name="training_run_status", native_enum=False, length=16),
+        default=TrainingRunStatus.queued,
+    )
+    params: Mapped[dict[str, Any]]
+    pid: Mapped[int | None]
+    log_path: Mapped[str | None] = mapped_column(Text)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 class FctMeasurement(Base):

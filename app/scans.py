@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.schemas import ScanCreate
-from app.orm import Scan
+from app.orm import Scan, ScanStatus
 from app.plates import get_or_create_plate
 from hardware.plate import SBS_96, PlateGeometry
+
+
+class IdempotencyConflictError(ValueError):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+def request_fingerprint(request: ScanCreate) -> str:
+    """SHA-256 of the request's canonical JSON (defaults filled in, keys sorted)."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def find_idempotent(session: Session, key: str, request: ScanCreate) -> Scan | None:
+    """The scan an earlier request with ``key`` created, if it asked for the same thing."""
+    scan = session.scalar(select(Scan).where(Scan.idempotency_key == key))
+    if scan is None:
+        return None
+    if scan.request_fingerprint != request_fingerprint(request):
+        raise IdempotencyConflictError(
+            f"Idempotency-Key {key!r} was already used for a different request (scan {scan.id})"
+        )
+    return scan
 
 
 def create_scan(
@@ -15,6 +42,8 @@ def create_scan(
     request: ScanCreate,
     *,
     microscope: str,
+    requested_by: str | None = None,
+    idempotency_key: str | None = None,
     geometry: PlateGeometry = SBS_96,
 ) -> Scan:
     """Queue the scan ``request`` asks for (default: every well) on ``microscope``.
@@ -34,7 +63,24 @@ def create_scan(
         wells_requested=names,
         microscope=microscope,
         wells_done=0,
+        requested_by=requested_by,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint(request),
     )
     session.add(scan)
     session.flush()
     return scan
+
+
+class ScanStateError(ValueError):
+    """The scan is not in a state that allows the operation."""
+
+
+def cancel_scan(session: Session, scan: Scan) -> None:
+    """Cancel a queued or running scan; the worker stops before its next well."""
+    if scan.status.finished:
+        raise ScanStateError(f"scan {scan.id} is already {scan.status.value}")
+    scan.status = ScanStatus.cancelled
+    scan.finished_at = datetime.now(UTC)
+    scan.lease_owner = None
+    scan.lease_expires_at = None

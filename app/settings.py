@@ -43,9 +43,21 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(
         default=True, description="Run `alembic upgrade head` when the service starts."
     )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running scan's lease; a scan whose worker stops renewing it is resumed "
+        "by the next worker after this long.",
+    )
+    auth_disabled: bool = Field(
+        default=False,
+        description="Development only: every caller is an anonymous admin. Refused in production.",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production" and self.auth_disabled:
+            raise ValueError("MSCREEN_AUTH_DISABLED is refused with MSCREEN_ENVIRONMENT=production")
         if self.environment == "production" and self.resolved_database_url.startswith("sqlite"):
             raise ValueError(
                 "MSCREEN_ENVIRONMENT=production needs MSCREEN_DATABASE_URL pointing at "

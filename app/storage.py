@@ -1,56 +1,273 @@
-"""Where acquired frames go on disk: lossless 16-bit PNG, written atomically, with a SHA-256."""
+"""Where acquired frames go on disk: one OME-Zarr HCS plate per scan, with a SHA-256 per field.
+
+Each scan is a plate in the OME-NGFF high-content-screening layout, written with ome-zarr's own
+writer so that ``ome_zarr.reader`` (and so napari's ome-zarr plugin) reads it back::
+
+    <root>/<barcode>/scan-<scan_id>.ome.zarr/     plate: rows A-H, columns 1-12
+        B/7/                                      well B7: lists its fields
+            0/                                    field 0: an image (multiscales)
+                s0    (H, W) full resolution, as acquired
+                s1    (H/2, W/2) 2x2 mean, for overviews
+
+Format: OME-NGFF 0.5 on zarr v3 by default (what ome-zarr 0.18 writes and reads by default);
+``ngff_version="0.4"`` writes NGFF 0.4 on zarr v2 for viewers that do not read 0.5 yet.
+
+Coordinates: axes are (y, x) in micrometres. Each level's ``scale`` is its pixel size in um, and
+its ``translation`` puts pixel (0, 0)'s centre at its stage position in um (the field's centre is
+at the stage position the microscope reported; image x runs along stage x, image y along stage
+y, as in :mod:`hardware.plate`).
+
+The plate lists only wells that have at least one stored field, and a well lists only fields
+that are stored, so that a partial, failed or resumed scan always reads back (ome-zarr's plate
+reader opens the first listed well and fails if it is missing). The plate's row and column
+lists always name the whole 96-well grid.
+
+Checksums: :attr:`StoredImage.sha256` is the SHA-256 of the full-resolution pixels, C-order,
+little-endian, in the acquired dtype (uint16 from our cameras; uint8 is kept as uint8), i.e.
+``hashlib.sha256(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()).hexdigest()``
+where ``a = zarr.open_group(path)["s0"][...]``: anyone can check it from the zarr data alone.
+
+Crash safety: zarr's local store writes every file (chunk or metadata) to a temporary name and
+renames it, so no file is ever half-written. A field is written before its well lists it, and
+a well before the plate lists it; re-saving a field (a scan resumed after a crash re-acquires
+the well in flight) overwrites it in place. One writer per plate at a time (the scan worker).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-import cv2
 import numpy as np
+import zarr
+from ome_zarr.format import Format, FormatV04, FormatV05
+from ome_zarr.scale import Methods
+from ome_zarr.writer import (
+    write_image,
+    write_multiscales_metadata,
+    write_plate_metadata,
+    write_well_metadata,
+)
+
+from hardware.microscope import AcquiredField
+from hardware.plate import SBS_96, PlateGeometry
+
+logger = logging.getLogger(__name__)
+
+NgffVersion = Literal["0.4", "0.5"]
+
+_AXES = ("y", "x")
+_UNITS = {"y": "micrometer", "x": "micrometer"}
+# Largest zarr chunk edge, in pixels: a typical frame (528 x 720 uint16, ~0.75 MB) is one chunk
+# per level, as it is always read whole; larger cameras are tiled.
+_CHUNK_PX = 1024
+_LEVELS = 2  # s0 as acquired, s1 binned 2 x 2
 
 
 @dataclass(frozen=True)
 class StoredImage:
-    path: Path
+    """Where one field went: its OME-Zarr image group and the SHA-256 of its pixels."""
+
+    path: str
     sha256: str
 
 
-class ImageStore:
-    """Files under ``root/<barcode>/scan-<id>/<well>_f<field>.png``.
+def pixel_sha256(image: np.ndarray) -> str:
+    """SHA-256 (hex) of a frame's pixels: C-order, little-endian, in the frame's own dtype."""
+    little_endian = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
+    return hashlib.sha256(little_endian.tobytes()).hexdigest()
 
-    A frame is written to a temporary name and renamed, so a crash never leaves a half-written
-    file under a name the database could point at.
+
+class ImageStore:
+    """One OME-Zarr HCS plate per scan under ``root/<barcode>/scan-<id>.ome.zarr``.
+
+    Args:
+        root: folder holding every plate.
+        plate: the plate's geometry (row and column names of the HCS grid).
+        ngff_version: "0.5" (zarr v3, default) or "0.4" (zarr v2).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        plate: PlateGeometry = SBS_96,
+        ngff_version: NgffVersion = "0.5",
+    ) -> None:
         self.root = Path(root)
+        self.plate = plate
+        self._fmt: Format = FormatV05() if ngff_version == "0.5" else FormatV04()
+        self._rows = [chr(ord("A") + r) for r in range(plate.rows)]
+        self._columns = [str(c + 1) for c in range(plate.columns)]
+
+    def plate_path(self, barcode: str, scan_id: int) -> Path:
+        return self.root / _safe(barcode) / f"scan-{scan_id}.ome.zarr"
 
     def save(
-        self, barcode: str, scan_id: int, well: str, field_index: int, image: np.ndarray
+        self, barcode: str, scan_id: int, field: AcquiredField, *, fields_per_well: int
     ) -> StoredImage:
-        directory = self.root / _safe(barcode) / f"scan-{scan_id}"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{well}_f{field_index}.png"
-        ok, encoded = cv2.imencode(".png", image)
-        if not ok:
-            raise OSError(f"could not encode {well} field {field_index} as PNG")
-        data = encoded.tobytes()
-        tmp = path.with_suffix(".png.tmp")
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-        return StoredImage(path=path, sha256=hashlib.sha256(data).hexdigest())
+        """Write one field into its scan's plate and return its image group path and checksum.
+
+        ``fields_per_well`` is the scan's planned fields per well (the plate's field count).
+        Raises ValueError for a frame that is not 2-D uint8/uint16 or a field index outside
+        the plan.
+        """
+        image = field.image
+        if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+            raise ValueError(
+                f"{field.well} field {field.field_index}: expected a 2-D uint8 or uint16 frame, "
+                f"got {image.dtype} {image.shape}"
+            )
+        if not 0 <= field.field_index < fields_per_well:
+            raise ValueError(
+                f"{field.well}: field index {field.field_index} outside 0..{fields_per_well - 1}"
+            )
+        row, column = self.plate.parse(field.well)
+        well_path = f"{self._rows[row]}/{self._columns[column]}"
+        field_path = str(field.field_index)
+
+        plate = self._open_plate(self.plate_path(barcode, scan_id))
+        well = plate.require_group(self._rows[row]).require_group(self._columns[column])
+        image_group = well.require_group(field_path)
+        self._write_field(image_group, field, name=f"{barcode} {field.well} field {field_path}")
+        write_well_metadata(
+            well,
+            [{"path": p, "acquisition": scan_id} for p in _stored_fields(well)],
+            fmt=self._fmt,
+        )
+        self._list_well(plate, well_path, barcode, scan_id, fields_per_well)
+        return StoredImage(
+            path=str(self.plate_path(barcode, scan_id) / well_path / field_path),
+            sha256=pixel_sha256(image),
+        )
 
     @staticmethod
-    def load(path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise FileNotFoundError(f"cannot read image {path}")
-        return np.asarray(image)
+    def load(path: str | Path) -> np.ndarray:
+        """The full-resolution frame (H, W) of the image group at ``path``.
+
+        Raises FileNotFoundError if there is no group there, ValueError if it is not an image.
+        """
+        group = zarr.open_group(str(path), mode="r")
+        multiscales = _ome_attrs(group).get("multiscales")
+        if not multiscales:
+            raise ValueError(f"{path} is not an OME-Zarr image (no multiscales metadata)")
+        array = group[multiscales[0]["datasets"][0]["path"]]
+        if not isinstance(array, zarr.Array):
+            raise ValueError(f"{path}: full-resolution level is not an array")
+        return np.asarray(array[...])
+
+    @classmethod
+    def verify(cls, path: str | Path, sha256: str) -> bool:
+        """True if the stored frame at ``path`` still has checksum ``sha256``.
+
+        Raises FileNotFoundError if the image is missing (that is not a checksum mismatch).
+        """
+        return pixel_sha256(cls.load(path)) == sha256.lower()
+
+    # -- internals ------------------------------------------------------------------------------
+    def _open_plate(self, path: Path) -> zarr.Group:
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            logger.info("new OME-Zarr plate %s (NGFF %s)", path, self._fmt.version)
+            group = zarr.open_group(str(path), mode="a", zarr_format=self._fmt.zarr_format)
+        if group.metadata.zarr_format != self._fmt.zarr_format:
+            raise ValueError(
+                f"{path} is zarr v{group.metadata.zarr_format}, "
+                f"this store writes NGFF {self._fmt.version} (zarr v{self._fmt.zarr_format})"
+            )
+        return group
+
+    def _write_field(self, group: zarr.Group, field: AcquiredField, *, name: str) -> None:
+        height, width = field.image.shape
+        pixel_um = float(field.pixel_size_um)
+        write_image(
+            field.image,
+            group,
+            scale_factors=[2**level for level in range(1, _LEVELS)],
+            method=Methods.LOCAL_MEAN,
+            fmt=self._fmt,
+            axes=list(_AXES),
+            scale={"y": pixel_um, "x": pixel_um},
+            axes_units=_UNITS,
+            storage_options=[
+                # Re-saving a field (resume after a crash) replaces its arrays in place.
+                {"chunks": _chunks(field.image.shape, level), "overwrite": True}
+                for level in range(_LEVELS)
+            ],
+            name=name,
+        )
+        # write_image places pixel (0, 0) of s0 at the origin; shift every level to the stage.
+        origin = (
+            float(field.y_um) - (height - 1) / 2.0 * pixel_um,
+            float(field.x_um) - (width - 1) / 2.0 * pixel_um,
+        )
+        datasets = _ome_attrs(group)["multiscales"][0]["datasets"]
+        for dataset in datasets:
+            transforms = [t for t in dataset["coordinateTransformations"] if t["type"] == "scale"]
+            # s1's own translation (half a pixel of s0 per axis) keeps its pixels centred.
+            offset = next(
+                (
+                    t["translation"]
+                    for t in dataset["coordinateTransformations"]
+                    if t["type"] == "translation"
+                ),
+                [0.0, 0.0],
+            )
+            shifted = [o + d for o, d in zip(origin, offset, strict=True)]
+            transforms.append({"type": "translation", "translation": shifted})
+            dataset["coordinateTransformations"] = transforms
+        write_multiscales_metadata(
+            group, datasets=datasets, fmt=self._fmt, axes=list(_AXES), axes_units=_UNITS, name=name
+        )
+
+    def _list_well(
+        self, plate: zarr.Group, well_path: str, barcode: str, scan_id: int, fields_per_well: int
+    ) -> None:
+        """Add ``well_path`` to the plate's metadata (written once per well, idempotently)."""
+        current: dict[str, Any] = _ome_attrs(plate).get("plate") or {}
+        wells = {w["path"] for w in current.get("wells", [])}
+        field_count = max(fields_per_well, int(current.get("field_count", 0)))
+        if well_path in wells and current.get("field_count") == field_count:
+            return
+        wells.add(well_path)
+        write_plate_metadata(
+            plate,
+            self._rows,
+            self._columns,
+            sorted(wells, key=lambda path: self.plate.parse(path.replace("/", ""))),
+            fmt=self._fmt,
+            acquisitions=[
+                {"id": scan_id, "name": f"scan-{scan_id}", "maximumfieldcount": field_count}
+            ],
+            field_count=field_count,
+            name=barcode,
+        )
+
+
+def _chunks(shape: tuple[int, ...], level: int) -> tuple[int, ...]:
+    """Chunk shape of pyramid level ``level``: the whole level, up to ``_CHUNK_PX`` a side."""
+    return tuple(min(-(-n // 2**level), _CHUNK_PX) for n in shape)
+
+
+def _ome_attrs(group: zarr.Group) -> dict[str, Any]:
+    """A group's OME metadata: under "ome" in NGFF 0.5 (zarr v3), top-level in 0.4."""
+    attrs = group.attrs.asdict()
+    ome = attrs.get("ome")
+    return dict(ome) if isinstance(ome, dict) else attrs
+
+
+def _stored_fields(well: zarr.Group) -> list[str]:
+    """Field paths under a well whose image metadata is written, in field order."""
+    fields = []
+    for key, child in well.groups():
+        if key.isdigit() and "multiscales" in _ome_attrs(child):
+            fields.append(key)
+    return sorted(fields, key=int)
 
 
 def _safe(name: str) -> str:

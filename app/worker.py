@@ -2,19 +2,29 @@
 
 Scans never run inside a request. Each well is classified as soon as its fields arrive, and its
 images, result and the scan's progress are committed in one transaction, so a crash loses at
-most the well in flight. On start, a scan left ``running`` by a dead process is queued again
-and resumes from the first well without a result.
+most the well in flight.
+
+Durability: a worker holds a *lease* on the scan it runs (``lease_owner``, ``lease_expires_at``)
+and renews it from a heartbeat thread. A scan is claimable when it is queued, or running with
+an expired lease (its worker died: SIGKILL, power cut). The claim is one conditional UPDATE, so
+two workers can never both win it; every well commit re-checks the lease in the same
+transaction, so a worker that lost its lease cannot write. A resumed scan continues from the
+first requested well without a result; the unique (scan, well) constraint makes a duplicate
+result impossible. One scan runs per microscope at a time; the others wait in id order.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.classifier import WellCall, WellClassifier
@@ -24,6 +34,10 @@ from app.storage import ImageStore
 from hardware.microscope import HardwareError, PlateScanner, ScanPlan, WellAcquisition
 
 logger = logging.getLogger(__name__)
+
+
+class LeaseLostError(RuntimeError):
+    """Another worker took over this scan (our lease expired); stop without writing."""
 
 
 @dataclass
@@ -38,12 +52,26 @@ class WorkerContext:
     microscope_name: str
 
 
-class ScanWorker:
-    """Runs queued scans in a background thread (or synchronously with :meth:`run_pending`)."""
+def _now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, context: WorkerContext, *, poll_seconds: float = 0.5) -> None:
+
+class ScanWorker:
+    """Runs queued scans in a background thread (or synchronously with :meth:`run_pending`).
+
+    Args:
+        context: database, scanner, classifier, storage.
+        poll_seconds: how often an idle worker looks for work.
+        lease_seconds: how long a claim lasts without renewal; renewed every third of it.
+    """
+
+    def __init__(
+        self, context: WorkerContext, *, poll_seconds: float = 0.5, lease_seconds: float = 30.0
+    ) -> None:
         self.context = context
         self.poll_seconds = poll_seconds
+        self.lease_seconds = lease_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Progress callback (e.g. the CLI's progress bar): (scan_id, wells_done, wells_total).
@@ -51,7 +79,6 @@ class ScanWorker:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        self.requeue_interrupted()
         self._thread = threading.Thread(target=self._loop, name="scan-worker", daemon=True)
         self._thread.start()
 
@@ -64,6 +91,11 @@ class ScanWorker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def use_model(self, classifier: WellClassifier, model_version_id: int) -> None:
+        """Switch models; a scan in flight finishes with the model it started with."""
+        self.context.classifier = classifier
+        self.context.model_version_id = model_version_id
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -74,65 +106,93 @@ class ScanWorker:
             if not ran:
                 self._stop.wait(self.poll_seconds)
 
-    def requeue_interrupted(self) -> int:
-        """Queue again scans a dead process left ``running`` on this microscope."""
-        with session_scope(self.context.session_factory) as session:
-            result = session.execute(
-                update(Scan)
-                .where(
-                    Scan.status == ScanStatus.running,
-                    Scan.microscope == self.context.microscope_name,
-                )
-                .values(status=ScanStatus.queued)
-            )
-            count = int(getattr(result, "rowcount", 0) or 0)
-        if count:
-            logger.warning(
-                "re-queued %d interrupted scan(s); they resume where they stopped", count
-            )
-        return count
-
     def run_pending(self) -> int:
-        """Run every queued scan now, in this thread. Returns how many ran."""
+        """Run every claimable scan now, in this thread. Returns how many ran."""
         count = 0
         while self.run_next():
             count += 1
         return count
 
-    # -- one scan ------------------------------------------------------------------------------
+    # -- claiming and leases -------------------------------------------------------------------
     def run_next(self) -> bool:
-        """Claim the oldest queued scan of this microscope and run it. False if none queued."""
+        """Claim the next scan of this microscope and run it. False if there is none to claim."""
         scan_id = self._claim()
         if scan_id is None:
             return False
+        heartbeat = _Heartbeat(self, scan_id)
+        heartbeat.start()
         try:
             self._run(scan_id)
+        except LeaseLostError:
+            logger.warning("scan %d: lease lost to another worker; stopping", scan_id)
         except Exception as exc:
             logger.exception("scan %d failed", scan_id)
             self._finish(scan_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
+        finally:
+            heartbeat.stop()
         return True
 
-    def _claim(self) -> int | None:
-        with session_scope(self.context.session_factory) as session:
-            scan = session.scalar(
-                select(Scan)
-                .where(
-                    Scan.status == ScanStatus.queued,
-                    Scan.microscope == self.context.microscope_name,
-                )
-                .order_by(Scan.id)
-                .limit(1)
-            )
-            if scan is None:
-                return None
-            scan.status = ScanStatus.running
-            scan.started_at = scan.started_at or datetime.now(UTC)
-            scan.model_version_id = self.context.model_version_id
-            return scan.id
+    def _claimable(self, now: datetime) -> object:
+        expired = and_(Scan.status == ScanStatus.running, Scan.lease_expires_at < now)
+        return and_(
+            Scan.microscope == self.context.microscope_name,
+            or_(Scan.status == ScanStatus.queued, expired),
+        )
 
+    def _claim(self) -> int | None:
+        now = _now()
+        with session_scope(self.context.session_factory) as session:
+            busy = session.scalar(
+                select(Scan.id).where(
+                    Scan.microscope == self.context.microscope_name,
+                    Scan.status == ScanStatus.running,
+                    Scan.lease_expires_at >= now,
+                    Scan.lease_owner != self.owner,
+                )
+            )
+            if busy is not None:
+                return None  # another live worker drives this microscope
+            # Interrupted scans first (they were started earlier), then the queue in order.
+            candidates = session.scalars(
+                select(Scan.id)
+                .where(self._claimable(now))  # type: ignore[arg-type]
+                .order_by((Scan.status == ScanStatus.running).desc(), Scan.id)
+                .limit(5)
+            ).all()
+            for scan_id in candidates:
+                claimed = session.execute(
+                    update(Scan)
+                    .where(Scan.id == scan_id, self._claimable(now))  # type: ignore[arg-type]
+                    .values(
+                        status=ScanStatus.running,
+                        lease_owner=self.owner,
+                        lease_expires_at=now + timedelta(seconds=self.lease_seconds),
+                    )
+                )
+                if getattr(claimed, "rowcount", 0) == 1:
+                    scan = session.get_one(Scan, scan_id)
+                    scan.started_at = scan.started_at or now
+                    scan.model_version_id = self.context.model_version_id
+                    return scan_id
+        return None
+
+    def renew_lease(self, scan_id: int) -> bool:
+        """Extend our lease; False if it is no longer ours (expired and taken, or cancelled)."""
+        with session_scope(self.context.session_factory) as session:
+            result = session.execute(
+                update(Scan)
+                .where(
+                    Scan.id == scan_id,
+                    Scan.lease_owner == self.owner,
+                    Scan.status == ScanStatus.running,
+                )
+                .values(lease_expires_at=_now() + timedelta(seconds=self.lease_seconds))
+            )
+            return getattr(result, "rowcount", 0) == 1
+
+    # -- one scan ------------------------------------------------------------------------------
     def _run(self, scan_id: int) -> None:
-        factory = self.context.session_factory
-        with session_scope(factory) as session:
+        with session_scope(self.context.session_factory) as session:
             scan = session.get_one(Scan, scan_id)
             done = set(
                 session.scalars(
@@ -154,26 +214,25 @@ class ScanWorker:
             logger.info(
                 "scan %d resumes: %d wells done, %d to go", scan_id, len(done), len(remaining)
             )
-
+        # The model is fixed for the whole scan, even if another is activated meanwhile.
+        classifier, model_version_id = self.context.classifier, self.context.model_version_id
         try:
-            for acquisition in self.context.scanner.scan(plan, lambda: self._cancelled(scan_id)):
-                call = (
-                    None
-                    if acquisition.failed
-                    else self.context.classifier.classify(acquisition.fields)
+            for acquisition in self.context.scanner.scan(plan, lambda: self._should_stop(scan_id)):
+                call = None if acquisition.failed else classifier.classify(acquisition.fields)
+                wells_done = self._commit_well(
+                    scan_id, plan, well_ids, acquisition, call, model_version_id
                 )
-                wells_done = self._commit_well(scan_id, plan.barcode, well_ids, acquisition, call)
                 if self.on_progress is not None:
                     self.on_progress(scan_id, wells_done, total)
         except HardwareError as exc:
             self._finish(scan_id, ScanStatus.failed, f"microscope: {exc}")
             return
-        if self._cancelled(scan_id):
-            logger.info("scan %d cancelled", scan_id)
+        if self._should_stop(scan_id):
+            logger.info("scan %d stopped before its end (cancelled or shutting down)", scan_id)
             return
         self._finish(scan_id, ScanStatus.completed, None)
 
-    def _cancelled(self, scan_id: int) -> bool:
+    def _should_stop(self, scan_id: int) -> bool:
         with session_scope(self.context.session_factory) as session:
             status = session.scalar(select(Scan.status).where(Scan.id == scan_id))
         return status == ScanStatus.cancelled or self._stop.is_set()
@@ -181,18 +240,23 @@ class ScanWorker:
     def _commit_well(
         self,
         scan_id: int,
-        barcode: str,
+        plan: ScanPlan,
         well_ids: dict[str, int],
         acquisition: WellAcquisition,
         call: WellCall | None,
+        model_version_id: int,
     ) -> int:
         """Write one well's images and result and bump progress, in one transaction."""
         well_id = well_ids[acquisition.well]
         with session_scope(self.context.session_factory) as session:
+            scan = session.get_one(Scan, scan_id, with_for_update=True)
+            if scan.lease_owner != self.owner or scan.status != ScanStatus.running:
+                raise LeaseLostError(f"scan {scan_id} is no longer ours ({scan.status.value})")
             for field, outcome in zip(acquisition.fields, call.fields if call else [], strict=True):
                 stored = self.context.image_store.save(
-                    barcode, scan_id, acquisition.well, field.field_index, field.image
+                    plan.barcode, scan_id, field, fields_per_well=plan.fields_per_well
                 )
+                qc = outcome.prepared.qc
                 session.add(
                     Image(
                         scan_id=scan_id,
@@ -208,55 +272,91 @@ class ScanWorker:
                         x_um=field.x_um,
                         y_um=field.y_um,
                         acquired_at=field.acquired_at,
-                        mean_v=outcome.prepared.qc.mean_v,
-                        focus_score=outcome.prepared.qc.focus_score,
-                        qc_excluded=outcome.prepared.qc.excluded,
-                        qc_flags=list(outcome.prepared.qc.flags),
+                        mean_v=qc.mean_v,
+                        focus_score=qc.focus_score,
+                        qc_excluded=qc.excluded,
+                        qc_flags=list(qc.flags),
                         probability=outcome.probability,
                         confluence_pct=outcome.prepared.confluence_pct,
                     )
                 )
-            session.add(self._result_row(scan_id, well_id, acquisition, call))
-            scan = session.get_one(Scan, scan_id)
+            session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
             scan.wells_done += 1
+            scan.lease_expires_at = _now() + timedelta(seconds=self.lease_seconds)
             return scan.wells_done
-
-    def _result_row(
-        self, scan_id: int, well_id: int, acquisition: WellAcquisition, call: WellCall | None
-    ) -> WellResult:
-        common = {
-            "scan_id": scan_id,
-            "well_id": well_id,
-            "model_version_id": self.context.model_version_id,
-            "acquisition_ms": sum(f.acquisition_ms for f in acquisition.fields),
-        }
-        if call is None:
-            return WellResult(
-                status=WellStatus.failed,
-                qc_flags=["acquisition_failed"],
-                error=acquisition.error,
-                fields_used=0,
-                **common,
-            )
-        return WellResult(
-            status=WellStatus.ok if call.label is not None else WellStatus.excluded,
-            label=call.label,
-            probability=call.probability,
-            qc_flags=call.qc_flags,
-            fields_used=call.fields_used,
-            confluence_pct=call.confluence_pct,
-            preprocessing_ms=call.preprocessing_ms,
-            inference_ms=call.inference_ms,
-            **common,
-        )
 
     def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> None:
         with session_scope(self.context.session_factory) as session:
             scan = session.get_one(Scan, scan_id)
             if scan.status == ScanStatus.cancelled:
-                scan.finished_at = scan.finished_at or datetime.now(UTC)
+                scan.finished_at = scan.finished_at or _now()
                 return
+            if scan.lease_owner != self.owner:
+                return  # someone else owns it now; they will finish it
             scan.status = status
             scan.error = error
-            scan.finished_at = datetime.now(UTC)
+            scan.finished_at = _now()
+            scan.lease_owner = None
+            scan.lease_expires_at = None
         logger.info("scan %d %s", scan_id, status.value)
+
+
+def _result_row(
+    scan_id: int,
+    well_id: int,
+    acquisition: WellAcquisition,
+    call: WellCall | None,
+    model_version_id: int,
+) -> WellResult:
+    common = {
+        "scan_id": scan_id,
+        "well_id": well_id,
+        "model_version_id": model_version_id,
+        "acquisition_ms": sum(f.acquisition_ms for f in acquisition.fields),
+    }
+    if call is None:
+        return WellResult(
+            status=WellStatus.failed,
+            qc_flags=["acquisition_failed"],
+            error=acquisition.error,
+            fields_used=0,
+            **common,
+        )
+    return WellResult(
+        status=WellStatus.ok if call.label is not None else WellStatus.excluded,
+        label=call.label,
+        probability=call.probability,
+        qc_flags=call.qc_flags,
+        fields_used=call.fields_used,
+        confluence_pct=call.confluence_pct,
+        preprocessing_ms=call.preprocessing_ms,
+        inference_ms=call.inference_ms,
+        **common,
+    )
+
+
+class _Heartbeat:
+    """Renews a scan's lease every third of the lease time while the scan runs."""
+
+    def __init__(self, worker: ScanWorker, scan_id: int) -> None:
+        self.worker = worker
+        self.scan_id = scan_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lease-scan-{scan_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.worker.lease_seconds / 3.0):
+            try:
+                if not self.worker.renew_lease(self.scan_id):
+                    return  # cancelled or taken over; the scan loop notices at its next well
+            except Exception:  # a missed beat is survivable; the next one may succeed
+                logger.exception("lease renewal for scan %d failed", self.scan_id)

@@ -8,14 +8,22 @@ unless MSCREEN_REQUIRE_POSTGRES=1 (CI), where they fail instead.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.auth import create_key
+from app.db import session_scope
+from app.main import create_app
+from app.orm import Role
+from app.runtime import Runtime
 from app.settings import Settings
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -80,3 +88,42 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         onnx_provider="cpu",
         _env_file=None,  # type: ignore[call-arg]
     )
+
+
+@dataclass
+class Service:
+    """A running app (lifespan started) with one API key per role."""
+
+    client: TestClient
+    keys: dict[str, str]
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.client.app.state.runtime  # type: ignore[attr-defined]
+        return runtime
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {"X-API-Key": self.keys[role]}
+
+
+@pytest.fixture
+def service(settings: Settings) -> Iterator[Service]:
+    """The app with its worker running; the client sends the operator key unless told otherwise."""
+    with TestClient(create_app(settings)) as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        with session_scope(runtime.session_factory) as session:
+            keys = {role.value: create_key(session, f"test-{role.value}", role) for role in Role}
+        client.headers["X-API-Key"] = keys["operator"]
+        yield Service(client, keys)
+
+
+def wait_for_scan(client: TestClient, location: str, timeout_s: float = 300.0) -> dict:
+    """Poll a scan until it is finished; return its last state."""
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = client.get(location).json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"scan did not finish in {timeout_s} s: {body}")

@@ -1,15 +1,20 @@
-"""Annotated dependencies shared by the routers."""
+"""Annotated dependencies shared by the routers: runtime, DB session, caller and role checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from app.auth import Principal, authenticate
 from app.db import session_scope
+from app.orm import Role
 from app.runtime import Runtime
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An mscreen API key")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -26,3 +31,48 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+ANONYMOUS = Principal(name="anonymous", role=Role.admin)
+
+
+def get_principal(
+    runtime: RuntimeDep, api_key: Annotated[str | None, Security(api_key_header)]
+) -> Principal:
+    """The caller, from the ``X-API-Key`` header (401 without a valid key)."""
+    if runtime.settings.auth_disabled:
+        return ANONYMOUS
+    if not api_key:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing X-API-Key header",
+            headers={"WWW-Authenticate": "APIKey"},
+        )
+    with session_scope(runtime.session_factory) as session:
+        principal = authenticate(session, api_key)
+    if principal is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="invalid or revoked API key",
+            headers={"WWW-Authenticate": "APIKey"},
+        )
+    return principal
+
+
+def require(role: Role) -> Callable[..., Principal]:
+    """Dependency factory: the caller, if its role is at least ``role`` (else 403)."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.allows(role):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"this needs the {role.value} role; key {principal.name!r} is "
+                f"{principal.role.value}",
+            )
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require(Role.viewer))]
+Operator = Annotated[Principal, Depends(require(Role.operator))]
+Admin = Annotated[Principal, Depends(require(Role.admin))]

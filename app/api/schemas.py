@@ -113,6 +113,11 @@ class PlateWellsPublic(BaseModel):
     wells: list[WellResultPublic]
 
 
+class UploadResult(BaseModel):
+    plate_barcode: str
+    rows: int = Field(description="Rows written")
+
+
 class ModelHealth(BaseModel):
     name: str
     version: str

@@ -1,0 +1,67 @@
+"""API keys with roles, and the audit trail of writes.
+
+A key is ``msk_<random>``; only its SHA-256 is stored (the secret has 256 bits of entropy, so a
+slow password hash would add nothing). Roles nest: viewer < operator < admin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.orm import ApiKey, AuditEvent, Role
+
+KEY_PREFIX = "msk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's name and role."""
+
+    name: str
+    role: Role
+
+    def allows(self, needed: Role) -> bool:
+        return self.role.allows(needed)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, role: Role) -> str:
+    """Store a new key and return its secret (shown once, never stored)."""
+    if session.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
+        raise ValueError(f"an API key named {name!r} already exists")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(name=name, role=role, prefix=secret[:12], key_hash=hash_key(secret)))
+    session.flush()
+    return secret
+
+
+def authenticate(session: Session, secret: str) -> Principal | None:
+    """The principal of a valid, unrevoked key, else None."""
+    if not secret.startswith(KEY_PREFIX):
+        return None
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+    if key is None or key.revoked_at is not None:
+        return None
+    return Principal(name=key.name, role=key.role)
+
+
+def revoke_key(session: Session, name: str) -> None:
+    key = session.scalar(select(ApiKey).where(ApiKey.name == name))
+    if key is None:
+        raise LookupError(f"no API key named {name!r}")
+    key.revoked_at = key.revoked_at or datetime.now(UTC)
+
+
+def audit(session: Session, actor: str, action: str, target: str, **details: Any) -> None:
+    """Record a write in the same transaction as the write itself."""
+    session.add(AuditEvent(actor=actor, action=action, target=target, details=details))

@@ -1,0 +1,155 @@
+"""Model (and manual) calls against FCT ground truth, per plate or pooled over plates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.orm import (
+    FctMeasurement,
+    ManualCall,
+    Plate,
+    Scan,
+    ScanStatus,
+    Well,
+    WellResult,
+    WellStatus,
+)
+from models.metrics import delong, evaluate, mcnemar
+
+
+class NothingToEvaluateError(LookupError):
+    """No well has both a call and an FCT label."""
+
+
+@dataclass
+class _WellRecord:
+    plate: str
+    well: str
+    fct: int  # 1 = high
+    probability: float | None = None
+    manual: dict[str, int] = field(default_factory=dict)  # operator -> 1/0
+
+
+def _latest_completed_scan(session: Session, plate: Plate) -> Scan | None:
+    return session.scalar(
+        select(Scan)
+        .where(Scan.plate_id == plate.id, Scan.status == ScanStatus.completed)
+        .order_by(Scan.id.desc())
+        .limit(1)
+    )
+
+
+def _collect(
+    session: Session, plate: Plate, scan: Scan | None
+) -> tuple[list[_WellRecord], dict[str, float]]:
+    """Wells of ``plate`` with an FCT label, their model probability and manual calls."""
+    rows = session.execute(
+        select(Well.id, Well.name, FctMeasurement.label)
+        .join(FctMeasurement, FctMeasurement.well_id == Well.id)
+        .where(Well.plate_id == plate.id)
+    ).all()
+    records = {
+        well_id: _WellRecord(plate.barcode, name, int(label == "high"))
+        for well_id, name, label in rows
+    }
+    if scan is not None:
+        for well_id, probability in session.execute(
+            select(WellResult.well_id, WellResult.probability).where(
+                WellResult.scan_id == scan.id, WellResult.status == WellStatus.ok
+            )
+        ):
+            if well_id in records:
+                records[well_id].probability = probability
+    seconds: dict[str, float] = {}
+    for call in session.scalars(select(ManualCall).where(ManualCall.well_id.in_(list(records)))):
+        records[call.well_id].manual[call.operator] = int(call.label == "high")
+        seconds[call.operator] = seconds.get(call.operator, 0.0) + (call.seconds_spent or 0.0)
+    return list(records.values()), seconds
+
+
+def _report(records: Sequence[_WellRecord], *, threshold: float, resamples: int) -> dict[str, Any]:
+    called = [r for r in records if r.probability is not None]
+    report: dict[str, Any] = {"wells_with_fct": len(records), "wells_called": len(called)}
+    if called:
+        y = np.array([r.fct for r in called])
+        p = np.array([r.probability for r in called], dtype=float)
+        report["model"] = evaluate(y, p, threshold=threshold, resamples=resamples)
+    operators = sorted({op for r in records for op in r.manual})
+    report["manual"] = {}
+    report["model_vs_manual"] = {}
+    for operator in operators:
+        judged = [r for r in records if operator in r.manual]
+        y_m = np.array([r.fct for r in judged])
+        calls = np.array([r.manual[operator] for r in judged], dtype=float)
+        report["manual"][operator] = evaluate(y_m, calls, threshold=0.5, resamples=resamples)
+        both = [r for r in judged if r.probability is not None]
+        if len(both) >= 2:
+            y_b = np.array([r.fct for r in both])
+            prob = np.array([r.probability for r in both], dtype=float)
+            manual = np.array([r.manual[operator] for r in both], dtype=float)
+            comparison: dict[str, Any] = {"wells": len(both)}
+            test = mcnemar(y_b, prob >= threshold, manual >= 0.5)
+            comparison["mcnemar"] = {
+                "model_only_correct": test.only_a_correct,
+                "manual_only_correct": test.only_b_correct,
+                "p_value": test.p_value,
+            }
+            try:
+                auc = delong(y_b, prob, manual)
+                comparison["delong"] = {
+                    "auc_model": auc.auc_a,
+                    "auc_manual": auc.auc_b,
+                    "difference": auc.difference,
+                    "ci95": list(auc.ci95),
+                    "p_value": auc.p_value,
+                }
+            except ValueError as exc:  # too few wells of one class
+                comparison["delong"] = {"error": str(exc)}
+            report["model_vs_manual"][operator] = comparison
+    return report
+
+
+def evaluate_plate(
+    session: Session,
+    plate: Plate,
+    *,
+    scan: Scan | None = None,
+    threshold: float = 0.5,
+    resamples: int = 2000,
+) -> dict[str, Any]:
+    """Metrics of the plate's latest completed scan (or ``scan``) and manual calls vs FCT."""
+    scan = scan or _latest_completed_scan(session, plate)
+    records, manual_seconds = _collect(session, plate, scan)
+    if not records:
+        raise NothingToEvaluateError(f"plate {plate.barcode!r} has no FCT ground truth yet")
+    report = _report(records, threshold=threshold, resamples=resamples)
+    report["plate_barcode"] = plate.barcode
+    report["scan_id"] = scan.id if scan else None
+    report["time_seconds"] = {
+        "model_scan": (scan.finished_at - scan.started_at).total_seconds()
+        if scan and scan.started_at and scan.finished_at
+        else None,
+        "manual": manual_seconds,
+    }
+    return report
+
+
+def evaluate_plates(
+    session: Session, plates: Sequence[Plate], *, threshold: float = 0.5, resamples: int = 2000
+) -> dict[str, Any]:
+    """Pooled over ``plates`` (each with its latest completed scan): wells are the unit."""
+    records: list[_WellRecord] = []
+    for plate in plates:
+        plate_records, _ = _collect(session, plate, _latest_completed_scan(session, plate))
+        records.extend(plate_records)
+    if not records:
+        raise NothingToEvaluateError("none of these plates has FCT ground truth")
+    report = _report(records, threshold=threshold, resamples=resamples)
+    report["plates"] = [p.barcode for p in plates]
+    return report
