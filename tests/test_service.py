@@ -327,3 +327,51 @@ def test_model_activation_requires_a_passed_parity_check(tmp_path, settings):
             client.post("/api/v1/models/hscnn-sim/1/activate", headers=headers).status_code == 200
         )
         assert client.get("/api/v1/health").json()["model"]["version"] == "1"
+
+
+@pytest.mark.slow
+def test_a_retraining_run_started_from_the_api_publishes_a_new_version(tmp_path, settings):
+    """The run is a separate process that reports back through the database."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app.auth import create_key
+    from app.db import session_scope
+    from app.main import create_app
+    from app.orm import Role
+    from models.repository import BUNDLED_REPOSITORY
+
+    repository = tmp_path / "repo"
+    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", repository / "hscnn-sim")
+    settings.model_repository = repository
+    with TestClient(create_app(settings)) as client:
+        with session_scope(client.app.state.runtime.session_factory) as session:
+            admin = create_key(session, "admin", Role.admin)
+            operator = create_key(session, "op", Role.operator)
+        body = {"train_plates": 1, "val_plates": 1, "test_plates": 1, "epochs": 1, "seed": 5}
+        assert (
+            client.post(
+                "/api/v1/training-runs", json=body, headers={"X-API-Key": operator}
+            ).status_code
+            == 403
+        )
+        started = client.post("/api/v1/training-runs", json=body, headers={"X-API-Key": admin})
+        assert started.status_code == 202, started.text
+        url = started.json()["url"]
+        deadline = time.monotonic() + 400
+        while (run := client.get(url, headers={"X-API-Key": admin}).json())["status"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, run
+            time.sleep(1.0)
+        assert run["status"] == "completed", run
+        assert run["model_version"] == 2 and run["requested_by"] == "admin"
+        assert any("published hscnn-sim v2" in line for line in run["log_tail"])
+        listed = client.get("/api/v1/models", headers={"X-API-Key": admin}).json()
+        assert [m["version"] for m in listed] == [1, 2]
+        assert listed[1]["card"]["parity"]["passed"] is True
+        activated = client.post("/api/v1/models/hscnn-sim/2/activate", headers={"X-API-Key": admin})
+        assert activated.status_code == 200
+        assert client.get("/api/v1/health").json()["model"]["version"] == "2"

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app.api.deps import Admin, RuntimeDep, SessionDep, Viewer
 from app.auth import audit
+from app.db import session_scope
 from app.orm import ModelVersion, TrainingRun
 from app.training_runs import start_training_run, training_run_view
 from models.repository import ModelNotFoundError
@@ -63,8 +64,6 @@ def activate_model(
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
-    from app.db import session_scope
-
     with session_scope(runtime.session_factory) as session:
         audit(session, caller.name, "model.activate", f"model:{name}:{version}")
     return ModelVersionPublic(
@@ -95,6 +94,8 @@ def create_training_run(
 ) -> dict[str, Any]:
     """Start a retraining run in a separate process; follow it at the returned URL."""
     run_id = start_training_run(runtime, body.model_dump(), requested_by=caller.name)
+    with session_scope(runtime.session_factory) as session:
+        audit(session, caller.name, "training.start", f"training-run:{run_id}", **body.model_dump())
     return {"id": run_id, "url": f"/api/v1/training-runs/{run_id}"}
 
 
