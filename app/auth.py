@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +31,31 @@ class Principal:
 
     def allows(self, needed: Role) -> bool:
         return self.role.allows(needed)
+
+
+class KeyCache:
+    """Recently validated keys, for ``ttl_seconds``: a revoked key stops working in this process
+    at once (the revoking request clears the cache) and in other processes within the TTL."""
+
+    def __init__(self, ttl_seconds: float = 10.0) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, secret: str) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(hash_key(secret))
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, secret: str, principal: Principal) -> None:
+        with self._lock:
+            self._entries[hash_key(secret)] = (principal, time.monotonic() + self.ttl_seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def hash_key(secret: str) -> str:

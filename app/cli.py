@@ -58,13 +58,16 @@ def _configure(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn log level (info logs every request).")
+    ] = "info",
 ) -> None:
     """Run the REST API and the scan worker (OpenAPI docs at /docs)."""
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
 
 
 # -- scan --------------------------------------------------------------------------------------

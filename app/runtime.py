@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import db, model_registry
+from app.auth import KeyCache
 from app.classifier import WellClassifier
 from app.orm import ModelVersion
 from app.settings import Settings
@@ -39,6 +40,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._model_lock = threading.Lock()
+        self.key_cache = KeyCache()
 
     @property
     def classifier(self) -> WellClassifier:

@@ -74,7 +74,11 @@ async def _client(
     while time.perf_counter() < stop_at:
         well = rng.choice(SBS_96.well_names)
         started = time.perf_counter()
-        response = await client.get(f"/api/v1/plates/{barcode}/wells/{well}")
+        try:
+            response = await client.get(f"/api/v1/plates/{barcode}/wells/{well}")
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            continue
         elapsed = time.perf_counter() - started
         if response.status_code == 200:
             latencies.append(elapsed)
@@ -145,7 +149,7 @@ def main() -> None:
         )
         log = (data_dir / "service.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -38,7 +38,11 @@ ANONYMOUS = Principal(name="anonymous", role=Role.admin)
 def get_principal(
     runtime: RuntimeDep, api_key: Annotated[str | None, Security(api_key_header)]
 ) -> Principal:
-    """The caller, from the ``X-API-Key`` header (401 without a valid key)."""
+    """The caller, from the ``X-API-Key`` header (401 without a valid key).
+
+    Valid keys are cached for a few seconds per process (see :class:`app.auth.KeyCache`), so a
+    busy client does not cost a database round trip per request.
+    """
     if runtime.settings.auth_disabled:
         return ANONYMOUS
     if not api_key:
@@ -47,8 +51,12 @@ def get_principal(
             detail="missing X-API-Key header",
             headers={"WWW-Authenticate": "APIKey"},
         )
-    with session_scope(runtime.session_factory) as session:
-        principal = authenticate(session, api_key)
+    principal = runtime.key_cache.get(api_key)
+    if principal is None:
+        with session_scope(runtime.session_factory) as session:
+            principal = authenticate(session, api_key)
+        if principal is not None:
+            runtime.key_cache.put(api_key, principal)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from app.api.deps import Admin, SessionDep
+from app.api.deps import Admin, RuntimeDep, SessionDep
 from app.auth import audit, create_key, revoke_key
 from app.orm import ApiKey, Role
 
@@ -61,9 +61,11 @@ def list_keys(session: SessionDep, _: Admin) -> list[KeyPublic]:
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke(name: str, session: SessionDep, caller: Admin) -> None:
+def revoke(name: str, session: SessionDep, runtime: RuntimeDep, caller: Admin) -> None:
     try:
         revoke_key(session, name)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     audit(session, caller.name, "key.revoke", f"key:{name}")
+    session.commit()
+    runtime.key_cache.clear()

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import select
+from sqlalchemy.orm import contains_eager, joinedload
 
 from app.api.deps import Operator, RuntimeDep, SessionDep, Viewer
 from app.api.schemas import PlateWellsPublic, ScanPublic, UploadResult, WellResultPublic
@@ -96,6 +97,7 @@ def _well_result(session: SessionDep, plate: Plate, well: str, scan_id: int | No
         select(WellResult)
         .join(Well, WellResult.well_id == Well.id)
         .where(WellResult.scan_id == scan.id, Well.name == name)
+        .options(contains_eager(WellResult.well), joinedload(WellResult.model_version))
     )
     if result is None:
         raise HTTPException(
