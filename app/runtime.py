@@ -7,7 +7,10 @@ service's code path (same worker, database and model) without an HTTP hop.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -91,12 +94,52 @@ def load_and_activate(
     return WellClassifier(model, bit_depth=bit_depth), row
 
 
+@contextmanager
+def _keep_logging_config() -> Iterator[None]:
+    """Import Micro-Manager libraries without their logging side effects.
+
+    pymmcore-plus configures logging when first imported: it sets the *root* logger to DEBUG
+    (every library's debug lines then reach our handlers) and opens a log file in the user's
+    home. The service owns its logging, so the level is restored and the file is off unless
+    PYMM_LOG_FILE says otherwise.
+    """
+    os.environ.setdefault("PYMM_LOG_FILE", "0")
+    root = logging.getLogger()
+    level = root.level
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
-    """The configured microscope as a plate scanner: (name, scanner, camera bit depth)."""
-    if settings.microscope == "simulated":
+    """The configured microscope as a plate scanner: (instrument name, scanner, bit depth)."""
+    if settings.microscope in ("simulated", "pycromanager-sim"):
         config = SimulationConfig(seed=settings.simulation_seed)
-        return "simulated", StepScanner(SimulatedMicroscope(config)), config.bit_depth
-    raise ValueError(f"unknown microscope backend {settings.microscope!r}")
+        name = settings.microscope_id or "simulated"
+        if settings.microscope == "simulated":
+            return name, StepScanner(SimulatedMicroscope(config)), config.bit_depth
+        with _keep_logging_config():
+            from hardware.mm_devices import build_simulated_core, set_plate
+            from hardware.pycromanager_driver import PycromanagerScanner
+
+        core = build_simulated_core(config)
+        scanner = PycromanagerScanner(
+            core=core, load_plate=lambda barcode: set_plate(core, barcode)
+        )
+        return name, scanner, config.bit_depth
+    with _keep_logging_config():
+        from hardware.pycromanager_driver import PycromanagerScanner
+
+    name = settings.microscope_id or "micromanager"
+    if settings.mm_app_path is not None:
+        if settings.mm_config is None:
+            raise ValueError("MSCREEN_MM_APP_PATH needs MSCREEN_MM_CONFIG (the hardware .cfg)")
+        headless = PycromanagerScanner.start_headless(
+            str(settings.mm_app_path), str(settings.mm_config), port=settings.mm_port
+        )
+        return name, headless, settings.camera_bit_depth
+    return name, PycromanagerScanner(port=settings.mm_port), settings.camera_bit_depth
 
 
 def _serving_artifact(

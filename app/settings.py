@@ -36,7 +36,24 @@ class Settings(BaseSettings):
     model_version: int | None = Field(default=None, description="Default: newest version.")
     onnx_provider: Literal["auto", "cpu", "cuda"] = "auto"
     inference_threads: int = Field(default=0, ge=0, description="0 = onnxruntime default.")
-    microscope: Literal["simulated"] = "simulated"
+    microscope: Literal["pycromanager-sim", "simulated", "pycromanager"] = Field(
+        default="pycromanager-sim",
+        description="pycromanager-sim: pycromanager's acquisition engine in-process on the "
+        "simulated Micro-Manager devices (the real driver code path); simulated: the simulator "
+        "driven directly (no Micro-Manager layer); pycromanager: a real Micro-Manager, started "
+        "headless (MSCREEN_MM_APP_PATH + MSCREEN_MM_CONFIG) or already running (MSCREEN_MM_PORT).",
+    )
+    microscope_id: str = Field(
+        default="",
+        description="Names the instrument (one scan runs per instrument); default: 'simulated' "
+        "for the simulator backends, 'micromanager' otherwise.",
+    )
+    mm_app_path: Path | None = Field(default=None, description="Micro-Manager install folder.")
+    mm_config: Path | None = Field(default=None, description="Micro-Manager hardware .cfg.")
+    mm_port: int = Field(default=4827, description="Port of a running Micro-Manager.")
+    camera_bit_depth: int | None = Field(
+        default=None, ge=8, le=16, description="Real camera's bit depth (default: 16 for uint16)."
+    )
     simulation_seed: int = 0
     worker_enabled: bool = True
     worker_poll_seconds: float = Field(default=0.5, gt=0)

@@ -149,7 +149,16 @@ def main() -> None:
         )
         log = (data_dir / "service.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
