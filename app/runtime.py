@@ -24,6 +24,7 @@ from app.settings import Settings
 from app.storage import ImageStore
 from app.worker import ScanWorker, WorkerContext
 from hardware.microscope import PlateScanner, StepScanner
+from hardware.plate import PlateGeometry
 from hardware.simulation import SimulatedMicroscope, SimulationConfig
 from models.repository import ModelArtifact, ModelRepository
 from models.runtime import OnnxClassifier
@@ -171,6 +172,7 @@ def build_runtime(settings: Settings) -> Runtime:
         model_version_id=model_row.id,
         image_store=ImageStore(settings.resolved_image_dir),
         microscope_name=microscope_name,
+        plate=PlateGeometry(a1_center_um=(settings.plate_a1_x_um, settings.plate_a1_y_um)),
     )
     return Runtime(
         settings=settings,

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     camera_bit_depth: int | None = Field(
         default=None, ge=8, le=16, description="Real camera's bit depth (default: 16 for uint16)."
     )
+    plate_a1_x_um: float = Field(
+        default=14380.0, description="Stage x of well A1's centre, um (plate calibration)."
+    )
+    plate_a1_y_um: float = Field(
+        default=11240.0, description="Stage y of well A1's centre, um (plate calibration)."
+    )
     simulation_seed: int = 0
     worker_enabled: bool = True
     worker_poll_seconds: float = Field(default=0.5, gt=0)

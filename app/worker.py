@@ -32,6 +32,7 @@ from app.db import session_scope
 from app.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
 from app.storage import ImageStore
 from hardware.microscope import HardwareError, PlateScanner, ScanPlan, WellAcquisition
+from hardware.plate import SBS_96, PlateGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class WorkerContext:
     model_version_id: int
     image_store: ImageStore
     microscope_name: str
+    plate: PlateGeometry = SBS_96  # calibrated geometry: where A1's centre is on this stage
 
 
 def _now() -> datetime:
@@ -207,6 +209,7 @@ class ScanWorker:
                 wells=remaining,
                 objective=scan.objective,  # type: ignore[arg-type]  # validated by the API
                 fields_per_well=scan.fields_per_well,
+                plate=self.context.plate,
             )
             well_ids = {w.name: w.id for w in scan.plate.wells}
             total = scan.wells_total

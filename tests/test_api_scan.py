@@ -1,6 +1,7 @@
 """The walking path through the API: POST a scan, follow it, read 96 well results."""
 
 import pytest
+import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Plate, Reader
 from sqlalchemy import func, select
@@ -73,6 +74,21 @@ def test_scan_from_post_to_96_results_in_the_database(service):
             assert frame.shape == (image.height, image.width)
             assert str(frame.dtype) == image.dtype
             assert ImageStore.verify(image.path, image.sha256)
+            # Stage position = the well centre (1 field), recorded in the DB and in the
+            # image's coordinate transform (frame centre at the stage position, um).
+            assert (image.x_um, image.y_um) == pytest.approx(SBS_96.well_center_um(well))
+            level = zarr.open_group(image.path, mode="r").attrs["ome"]["multiscales"][0]
+            scale, translation = (
+                {
+                    t["type"]: t[t["type"]]
+                    for t in level["datasets"][0]["coordinateTransformations"]
+                }[k]
+                for k in ("scale", "translation")
+            )
+            assert scale == pytest.approx([image.pixel_size_um] * 2)
+            centre_y = translation[0] + scale[0] * (image.height - 1) / 2
+            centre_x = translation[1] + scale[1] * (image.width - 1) / 2
+            assert (centre_x, centre_y) == pytest.approx((image.x_um, image.y_um), abs=1e-3)
         (plate_node,) = [
             n
             for n in Reader(parse_url(str(plate_path)))()
