@@ -20,7 +20,7 @@ from app.orm import (
     WellResult,
     WellStatus,
 )
-from models.metrics import delong, evaluate, mcnemar
+from models.metrics import delong, evaluate, json_safe, mcnemar
 
 
 class NothingToEvaluateError(LookupError):
@@ -137,7 +137,7 @@ def evaluate_plate(
         else None,
         "manual": manual_seconds,
     }
-    return report
+    return dict(json_safe(report))
 
 
 def evaluate_plates(
@@ -152,4 +152,4 @@ def evaluate_plates(
         raise NothingToEvaluateError("none of these plates has FCT ground truth")
     report = _report(records, threshold=threshold, resamples=resamples)
     report["plates"] = [p.barcode for p in plates]
-    return report
+    return dict(json_safe(report))

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.orm import ModelVersion
+from models.metrics import json_safe
 from models.repository import ModelArtifact
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def register(session: Session, artifact: ModelArtifact) -> ModelVersion:
                 "publish changed weights as a new version"
             )
         return row
-    card = artifact.card()
+    card = json_safe(artifact.card())  # a card written by hand may hold NaN
     row = ModelVersion(
         name=artifact.name,
         version=artifact.version,

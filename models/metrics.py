@@ -237,6 +237,21 @@ def delong(y_true: npt.ArrayLike, score_a: npt.ArrayLike, score_b: npt.ArrayLike
     )
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, recursively.
+
+    Undefined metrics (e.g. specificity with no negatives) are NaN here; strict JSON, PostgreSQL's
+    JSON type and the API's responses have no NaN, so they travel as null.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def evaluate(
     y_true: npt.ArrayLike,
     score: npt.ArrayLike,
@@ -245,16 +260,18 @@ def evaluate(
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Metrics, their 95 % bootstrap intervals and ROC points, JSON-ready."""
+    """Metrics, their 95 % bootstrap intervals and ROC points, JSON-ready (NaN -> None)."""
     metrics = binary_metrics(y_true, score, threshold)
-    return {
-        "metrics": metrics.to_dict(),
-        "ci95": {
-            name: list(interval)
-            for name, interval in bootstrap_intervals(
-                y_true, score, threshold=threshold, resamples=resamples, seed=seed
-            ).items()
-        },
-        "roc": roc_points(y_true, score),
-        "threshold": threshold,
-    }
+    return json_safe(
+        {
+            "metrics": metrics.to_dict(),
+            "ci95": {
+                name: list(interval)
+                for name, interval in bootstrap_intervals(
+                    y_true, score, threshold=threshold, resamples=resamples, seed=seed
+                ).items()
+            },
+            "roc": roc_points(y_true, score),
+            "threshold": threshold,
+        }
+    )

@@ -100,7 +100,11 @@ def test_evaluate_is_json_ready():
     import json
 
     report = evaluate(Y, P, resamples=50)
-    json.dumps(report)
+    json.dumps(report, allow_nan=False)
+    # Undefined metrics (one class only) travel as null, not NaN.
+    single = evaluate(np.ones(4, dtype=int), np.array([0.2, 0.6, 0.7, 0.9]), resamples=50)
+    json.dumps(single, allow_nan=False)
+    assert single["metrics"]["specificity"] is None and single["metrics"]["auc"] is None
     assert report["metrics"]["accuracy"] == pytest.approx(0.7)
     assert set(report["ci95"]) == {
         "auc",

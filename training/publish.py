@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import models
+from models.metrics import json_safe
 from models.networks import MaskedClassifier, architecture_of, parameter_count
 from models.onnx_export import check_parity, export_onnx
 from models.pipeline import FEATURE_VERSION, PipelineConfig
@@ -95,7 +96,8 @@ def publish(
         "parity": parity.to_dict(),
         **card,
     }
-    (directory / CARD_FILENAME).write_text(json.dumps(full_card, indent=2, default=str) + "\n")
+    card_text = json.dumps(json_safe(full_card), indent=2, default=str, allow_nan=False)
+    (directory / CARD_FILENAME).write_text(card_text + "\n")
     repository.write_triton_config(name, in_bands, pipeline.height, pipeline.width)
     logger.info("published %s v%d to %s (parity %s)", name, version, directory, parity.passed)
     return repository.get(name, version)
