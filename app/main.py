@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.api.routes import evaluation, health, keys, models, plates, scans
 from app.runtime import build_runtime
@@ -15,6 +18,8 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+# The plate-map page: plain HTML, CSS and JS served as files (no front-end build step).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,4 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def plate_map_page() -> FileResponse:
+        """The plate-map page; it calls the API with the key the user enters."""
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
     return app

@@ -113,6 +113,14 @@ class PlateWellsPublic(BaseModel):
     wells: list[WellResultPublic]
 
 
+class FctWellPublic(BaseModel):
+    well: str
+    cd73_pct: float = Field(description="CD73+ cells, % of gated events")
+    cd90_pct: float = Field(description="CD90+ cells, % of gated events")
+    label: Literal["high", "low"] = Field(description="high iff CD73 % > 95 and CD90 % > 95")
+    event_count: int | None
+
+
 class UploadResult(BaseModel):
     plate_barcode: str
     rows: int = Field(description="Rows written")

@@ -11,7 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import contains_eager, joinedload
 
 from app.api.deps import Operator, RuntimeDep, SessionDep, Viewer
-from app.api.schemas import PlateWellsPublic, ScanPublic, UploadResult, WellResultPublic
+from app.api.schemas import (
+    FctWellPublic,
+    PlateWellsPublic,
+    ScanPublic,
+    UploadResult,
+    WellResultPublic,
+)
 from app.auth import audit
 from app.db import session_scope
 from app.evaluation import NothingToEvaluateError, evaluate_plate
@@ -24,7 +30,7 @@ from app.ground_truth import (
     validate_fct,
     validate_manual,
 )
-from app.orm import Image, Plate, Scan, Well, WellResult
+from app.orm import FctMeasurement, Image, Plate, Scan, Well, WellResult
 from app.overlay import image_png, overlay_png
 from app.platemap import results_csv
 from app.plates import find_plate, get_or_create_plate, latest_scan, scan_results
@@ -257,3 +263,27 @@ def plate_evaluation(
         return evaluate_plate(session, plate, scan=scan, resamples=resamples)
     except NothingToEvaluateError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+
+
+# -- per-well FCT ground truth (read back, e.g. for the plate map's agreement view) -------------
+@router.get("/{barcode}/fct", response_model=list[FctWellPublic])
+def plate_fct(barcode: str, session: SessionDep, _: Viewer) -> list[FctWellPublic]:
+    """The plate's flow-cytometry ground truth, one row per measured well, in plate order
+    (an empty list when none was uploaded yet)."""
+    plate = _plate_or_404(session, barcode)
+    rows = session.execute(
+        select(Well.name, FctMeasurement)
+        .join(FctMeasurement, FctMeasurement.well_id == Well.id)
+        .where(Well.plate_id == plate.id)
+        .order_by(Well.row, Well.column)
+    ).all()
+    return [
+        FctWellPublic(
+            well=name,
+            cd73_pct=fct.cd73_pct,
+            cd90_pct=fct.cd90_pct,
+            label=fct.label,  # type: ignore[arg-type]  # stored as "high" | "low"
+            event_count=fct.event_count,
+        )
+        for name, fct in rows
+    ]
