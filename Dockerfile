@@ -31,8 +31,8 @@ COPY hardware ./hardware
 COPY training ./training
 COPY migrations ./migrations
 COPY docker/entrypoint.sh /usr/local/bin/mscreen-entrypoint
-# gpu = onnxruntime-gpu instead of onnxruntime (never both); postgres = psycopg.
-RUN pip install ".[gpu,postgres]" \
+# gpu = onnxruntime-gpu instead of onnxruntime (never both); postgres = psycopg; fast = numba.
+RUN pip install ".[gpu,postgres,fast]" \
     && chmod 0755 /usr/local/bin/mscreen-entrypoint
 
 RUN useradd --create-home --uid 10001 mscreen \

@@ -17,9 +17,10 @@ $(VENV)/.service-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[cpu]"
 	touch $@
 
-# Everything the tests need: service + training (CPU torch 2.13) + PostgreSQL driver + dev tools.
+# Everything the tests need: service + training (CPU torch 2.13) + PostgreSQL driver + dev tools
+# + the optional numba kernel (so its equivalence tests run).
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[cpu,train,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,train,dev,fast]"
 	touch $@ $(VENV)/.service-installed
 
 install-service: $(VENV)/.service-installed

@@ -43,6 +43,12 @@ Our reading of what the paper leaves open (the model card records the config, an
   broken in favour of the spatially closer offset, then raster order of the offset (dy, then dx),
   which is deterministic and independent of numpy's selection algorithm. WS = 1 switches the SSN
   step off: the features are then the filtered bands.
+
+Speed: :func:`ssn_features` (and :func:`prepare`) run a fast path that performs the same float32
+operations in the same order as :func:`ssn_features_reference`, the plain vectorised version kept
+as an oracle, and is therefore bit-identical to it: numpy + OpenCV by default, or one fused numba
+kernel where the optional ``numba`` package is installed (``MSCREEN_SSN_NUMBA=0`` switches it
+off). docs/hsm.md explains the reading of the paper; docs/benchmarks.md has the timings.
 """
 
 from __future__ import annotations
@@ -50,8 +56,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, get_args
 
@@ -76,6 +84,7 @@ __all__ = [
     "prepare",
     "quality_check",
     "ssn_features",
+    "ssn_features_reference",
     "to_uint8",
     "weighted_mean_filter",
 ]
@@ -752,11 +761,28 @@ def ssn_features(bands: np.ndarray, config: PipelineConfig) -> F32Array:
 
     Returns:
         (H, W, B) float32: for ws == 1 the weighted-mean-filtered bands; otherwise, per pixel,
-        the mean of the filtered band vectors of the pixel and its K SSNs.
+        the mean of the filtered band vectors of the pixel and its K SSNs. Bit-identical to
+        :func:`ssn_features_reference`.
     """
     _check_bands(bands)
     planes = np.ascontiguousarray(np.asarray(bands, dtype=np.float32).transpose(2, 0, 1))
     return np.ascontiguousarray(_ssn_planes(planes, config).transpose(1, 2, 0))
+
+
+def ssn_features_reference(bands: np.ndarray, config: PipelineConfig) -> F32Array:
+    """The first, plainly vectorised implementation of :func:`ssn_features` (same arguments).
+
+    About four times slower and ~25 MB of temporaries per 220 x 300 frame (an (n_offsets, H, W)
+    distance cube and a full ``np.partition`` over it). Kept as a second oracle: it performs the
+    same float32 operations in the same order as the fast path, so the two must agree bit for
+    bit on any input, which the float64 loop oracle in the tests cannot check.
+    """
+    _check_bands(bands)
+    planes = np.ascontiguousarray(np.asarray(bands, dtype=np.float32).transpose(2, 0, 1))
+    x = _wmf_planes(planes)
+    if config.ws > 1:
+        x = _ssn_mean_reference(x, config.ws, config.k, config.spatial_weight)
+    return np.ascontiguousarray(x.transpose(1, 2, 0))
 
 
 def _ssn_planes(planes: F32Array, config: PipelineConfig) -> F32Array:
@@ -764,10 +790,14 @@ def _ssn_planes(planes: F32Array, config: PipelineConfig) -> F32Array:
     x = _wmf_planes(planes)
     if config.ws == 1:
         return x
+    return _ssn_mean(x, config.ws, config.k, config.spatial_weight)
+
+
+def _ssn_mean_reference(x: F32Array, ws: int, k: int, lam: float) -> F32Array:
+    """Reference SSN mean of filtered planes x (B, H, W) float32 -> (B, H, W) float32."""
     n_bands, h, w = x.shape
-    k = config.k
-    r = config.ws // 2
-    offsets, spatial = _window_offsets(config.ws)
+    r = ws // 2
+    offsets, spatial = _window_offsets(ws)
     n_off = len(offsets)
 
     # Reflect-101 padding ("reflect" in numpy's naming); unlike cv2.copyMakeBorder it also works
@@ -784,7 +814,6 @@ def _ssn_planes(planes: F32Array, config: PipelineConfig) -> F32Array:
     acc = np.empty((h, w), dtype=np.float32)
     tmp = np.empty((h, w), dtype=np.float32)
     inv_sqrt_b = np.float32(1.0 / math.sqrt(n_bands))
-    lam = config.spatial_weight
     for n, (dy, dx) in enumerate(offsets):
         sh = shifted(dy, dx)
         np.subtract(x[0], sh[0], out=acc)
@@ -820,6 +849,645 @@ def _ssn_planes(planes: F32Array, config: PipelineConfig) -> F32Array:
         out += contrib
     out *= np.float32(1.0 / (k + 1))
     return out
+
+
+# ---- The fast path ----------------------------------------------------------------------------
+#
+# Same float32 operations as the reference, in the same order, so the distances, the K-th
+# smallest distance, the neighbour sets and the sums are bit-identical; only the amount of memory
+# traffic and the number of numpy calls change (220 x 300, B = 6, WS = 9, K = 12, one core, see
+# benchmarks/pipeline.py and docs/benchmarks.md; ~24 ms instead of ~79 ms):
+#
+# * Each plane is padded (reflect-101) and flattened with the padded row stride ``wp``; a shift
+#   (dy, dx) is then a flat offset ``dy * wp + dx`` and every shifted plane is a contiguous 1-D
+#   slice (2r junk columns per row are computed and thrown away). Strided 2-D views made numpy
+#   ~2x slower per element.
+# * d(i, i + o) = d(i + o, i): one distance plane per offset pair {o, -o}, computed over a range
+#   that also covers the pixels i - o, so offset -o is a shifted view of the same array (the
+#   squared difference of a - b and of b - a is the same float).
+# * The K-th smallest distance comes from a min/max network (Batcher sorts of small groups,
+#   "lowest K" merges, dead comparators pruned) run plane-wise: 779 ufunc calls for 80 offsets
+#   and K = 12, instead of np.partition over an (80, H, W) cube (a quarter of the old time).
+# * Masked accumulation with cv2.accumulate (one pass per offset and band; adding a selected
+#   value is the same float32 add as before, unselected ones are skipped instead of adding 0).
+# * Row strips (``_STRIP_ROWS``) keep each pass over a plane in L2, and the work buffers are
+#   kept per thread and reused: fresh multi-MB allocations page-fault on every call.
+#
+# What bounds it now: three roughly equal parts, each ~1,000 passes over 34,000-float planes at
+# cache bandwidth: the distances (21 ufuncs per offset pair), the selection network, and the
+# masks + accumulation. numpy cannot fuse them; the optional numba kernel below does.
+
+_INF = -1  # network wire known to hold +inf (padding); a comparator against it only relabels
+_NEG_INF = -2  # wire known to hold -inf
+
+
+@dataclass(frozen=True)
+class _SelectionProgram:
+    """A straight-line min/max program giving the k-th smallest of ``n_inputs`` planes per pixel.
+
+    Operand ``i < n_inputs`` is input plane i; operand ``n_inputs + j`` is scratch buffer j.
+    ``ops`` are ``(is_min, dst, a, b)``: ``dst = minimum(a, b)`` or ``maximum(a, b)``.
+    """
+
+    n_inputs: int
+    n_buffers: int
+    ops: tuple[tuple[bool, int, int, int], ...]
+    result: int
+
+
+class _NetworkBuilder:
+    """Builds a comparator network symbolically (wires carry node ids or +-inf markers)."""
+
+    def __init__(self, n_inputs: int) -> None:
+        self.n_inputs = n_inputs
+        self.nodes: list[tuple[bool, int, int]] = []  # node id = n_inputs + index
+
+    def _node(self, is_min: bool, a: int, b: int) -> int:
+        self.nodes.append((is_min, a, b))
+        return self.n_inputs + len(self.nodes) - 1
+
+    def compare(self, wires: list[int], i: int, j: int) -> None:
+        """Ascending comparator: min to wire i, max to wire j (i < j)."""
+        a, b = wires[i], wires[j]
+        if a == _NEG_INF or b == _INF:
+            return
+        if a == _INF or b == _NEG_INF:
+            wires[i], wires[j] = b, a
+            return
+        wires[i], wires[j] = self._node(True, a, b), self._node(False, a, b)
+
+    def sort(self, wires: list[int]) -> list[int]:
+        """Batcher's odd-even merge sort, the length padded with +inf to a power of two."""
+        size = 1 << max(0, (len(wires) - 1).bit_length())
+        padded = [*wires, *([_INF] * (size - len(wires)))]
+        for i, j in _odd_even_merge_sort(0, size - 1):
+            self.compare(padded, i, j)
+        return padded[: len(wires)]
+
+    def merge_lowest(self, a: list[int], b: list[int], k: int, *, final: bool) -> list[int]:
+        """The k lowest of two sorted wire lists: c_i = min(a_i, b_{k-1-i}) holds exactly them
+        (as a bitonic sequence), which a bitonic sorter then orders unless ``final``."""
+        a = [*a[:k], *([_INF] * (k - len(a[:k])))]
+        b = [*b[:k], *([_INF] * (k - len(b[:k])))]
+        c: list[int] = []
+        for i in range(k):
+            u, v = a[i], b[k - 1 - i]
+            c.append(v if u == _INF else u if v == _INF else self._node(True, u, v))
+        if final:
+            return c
+        # -inf padding at the front keeps the sequence bitonic (rising, then falling).
+        size = 1 << (k - 1).bit_length()
+        wires = [*([_NEG_INF] * (size - k)), *c]
+        stride = size // 2
+        while stride >= 1:
+            for start in range(0, size, 2 * stride):
+                for i in range(start, start + stride):
+                    self.compare(wires, i, i + stride)
+            stride //= 2
+        return wires[size - k :]
+
+    def maximum(self, wires: list[int]) -> int:
+        real = [w for w in wires if w >= 0]
+        result = real[0]
+        for w in real[1:]:
+            result = self._node(False, result, w)
+        return result
+
+    def compile(self, result: int) -> _SelectionProgram:
+        """Drop nodes the result does not depend on; assign reusable scratch buffers."""
+        n = self.n_inputs
+        needed = {result}
+        for index in range(len(self.nodes) - 1, -1, -1):
+            if n + index in needed:
+                _, a, b = self.nodes[index]
+                needed.update((a, b))
+        live = [i for i in range(len(self.nodes)) if n + i in needed]
+        last_use: dict[int, int] = {}
+        for step, index in enumerate(live):
+            _, a, b = self.nodes[index]
+            last_use[a] = last_use[b] = step
+        free: list[int] = []
+        buffer_of: dict[int, int] = {}
+        n_buffers = 0
+        ops: list[tuple[bool, int, int, int]] = []
+        for step, index in enumerate(live):
+            is_min, a, b = self.nodes[index]
+            operands = [n + buffer_of[x] if x >= n else x for x in (a, b)]
+            # Operands used for the last time free their buffers first: an elementwise ufunc may
+            # write into one of its own inputs.
+            for x in {a, b}:
+                if x >= n and last_use[x] == step and x != result:
+                    free.append(buffer_of[x])
+            if free:
+                buffer = free.pop()
+            else:
+                buffer, n_buffers = n_buffers, n_buffers + 1
+            buffer_of[n + index] = buffer
+            ops.append((is_min, n + buffer, operands[0], operands[1]))
+        out = n + buffer_of[result] if result >= n else result
+        return _SelectionProgram(n, n_buffers, tuple(ops), out)
+
+
+def _odd_even_merge(lo: int, hi: int, r: int) -> Iterator[tuple[int, int]]:
+    step = r * 2
+    if step < hi - lo:
+        yield from _odd_even_merge(lo, hi, step)
+        yield from _odd_even_merge(lo + r, hi, step)
+        yield from ((i, i + r) for i in range(lo + r, hi - r, step))
+    else:
+        yield (lo, lo + r)
+
+
+def _odd_even_merge_sort(lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Comparators (i, j) of Batcher's odd-even merge sort of wires lo..hi (inclusive, a power
+    of two long)."""
+    if hi - lo >= 1:
+        mid = lo + (hi - lo) // 2
+        yield from _odd_even_merge_sort(lo, mid)
+        yield from _odd_even_merge_sort(mid + 1, hi)
+        yield from _odd_even_merge(lo, hi, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _selection_program(n: int, k: int) -> _SelectionProgram:
+    """Cheapest of a few network layouts for the k-th smallest of n planes (1 <= k <= n).
+
+    Inputs are sorted in groups and the groups' k lowest merged, in a chain or as a binary tree
+    (whichever needs fewer passes); only the maximum of the last merge is kept. Groups are
+    sorted just before they are merged, so few scratch planes are alive at a time (they stay
+    in cache). For n = 80, k = 12 this is 779 min/max passes over 17 scratch planes.
+    """
+    best: _SelectionProgram | None = None
+    for group in (2, 4, 8, 16):
+        for tree in (False, True):
+            net = _NetworkBuilder(n)
+            # (level, sorted run); a tree merges two runs of the same level, a chain merges
+            # every new run into the first.
+            stack: list[tuple[int, list[int]]] = []
+            for start in range(0, n, group):
+                run = net.sort(list(range(start, min(start + group, n))))
+                level = 0
+                while stack and (not tree or stack[-1][0] == level) and start + group < n:
+                    _, previous = stack.pop()
+                    run, level = net.merge_lowest(previous, run, k, final=False), level + 1
+                stack.append((level, run))
+            while len(stack) > 2:
+                _, run = stack.pop()
+                _, previous = stack.pop()
+                stack.append((0, net.merge_lowest(previous, run, k, final=False)))
+            if len(stack) == 1:
+                result = stack[0][1][k - 1]
+            else:
+                lowest = net.merge_lowest(stack[0][1], stack[1][1], k, final=True)
+                result = net.maximum(lowest)
+            program = net.compile(result)
+            if best is None or (len(program.ops), program.n_buffers) < (
+                len(best.ops),
+                best.n_buffers,
+            ):
+                best = program
+    assert best is not None
+    return best
+
+
+def _run_selection(
+    program: _SelectionProgram, planes: list[F32Array], scratch: F32Array
+) -> F32Array:
+    """Run ``program`` on equally long 1-D planes; ``scratch`` is (>= n_buffers, length)."""
+    refs = [*planes, *scratch[: program.n_buffers]]
+    for is_min, dst, a, b in program.ops:
+        if is_min:
+            np.minimum(refs[a], refs[b], out=refs[dst])
+        else:
+            np.maximum(refs[a], refs[b], out=refs[dst])
+    return refs[program.result]
+
+
+@dataclass(frozen=True)
+class _Shifts:
+    """Flat-layout geometry of a ws x ws window for padded row stride ``wp``."""
+
+    shift: tuple[int, ...]  # per offset in tie-break order: dy * wp + dx
+    pairs: tuple[tuple[int, int, int, float], ...]  # (s > 0, index of +o, index of -o, lambda*p)
+
+
+@functools.lru_cache(maxsize=64)
+def _shifts(ws: int, wp: int, lam: float) -> _Shifts:
+    offsets, spatial = _window_offsets(ws)
+    index = {o: n for n, o in enumerate(offsets)}
+    pairs = []
+    for n, (dy, dx) in enumerate(offsets):
+        s = dy * wp + dx
+        if s > 0:  # the "positive" half: dy > 0, or dy == 0 and dx > 0
+            pairs.append((s, n, index[(-dy, -dx)], lam * spatial[n]))
+    return _Shifts(tuple(dy * wp + dx for dy, dx in offsets), tuple(pairs))
+
+
+class _Workspace:
+    """Reusable buffers for strips of up to ``rows`` rows (see :func:`_ssn_mean`)."""
+
+    def __init__(self, n_bands: int, rows: int, width: int, ws: int, k: int) -> None:
+        r = ws // 2
+        wp = width + 2 * r
+        length = (rows - 1) * wp + width
+        n_off = ws * ws - 1
+        self.pad = np.empty((n_bands, rows + 2 * r, wp), np.float32)
+        self.pair_dist = np.empty((n_off // 2, length + r * wp + r), np.float32)
+        self.tmp = np.empty(length + r * wp + r, np.float32)
+        self.scratch = np.empty((_selection_program(n_off, k).n_buffers, length), np.float32)
+        self.masks = np.empty((n_off, length), np.bool_)
+        self.count = np.empty(length, np.uint8)
+        self.acc = np.empty((n_bands, rows * wp), np.float32)
+        # Flat positions that are real pixels (the others are the 2r padding columns per row).
+        self.valid = (np.arange(length) % wp) < width
+
+
+_workspaces = threading.local()
+
+
+def _workspace(n_bands: int, rows: int, width: int, ws: int, k: int) -> _Workspace:
+    cache: dict[tuple[int, ...], _Workspace] | None = getattr(_workspaces, "cache", None)
+    if cache is None:
+        cache = _workspaces.cache = {}
+    key = (n_bands, rows, width, ws, k)
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= 4:  # a few shapes at a time; drop the rest rather than hoard memory
+            cache.clear()
+        found = cache[key] = _Workspace(*key)
+    return found
+
+
+# Rows per strip: bounds the work buffers (~13 MB per thread for 300-pixel rows at WS = 9,
+# K = 12; a whole 220-row frame at once needs ~25 MB and measured ~15 % slower) and keeps the
+# passes over them closer to the core; benchmarks/pipeline.py sweeps it.
+_STRIP_ROWS = 110
+
+
+SSNBackend = Literal["auto", "numpy", "numba"]
+
+
+def _ssn_mean(
+    x: F32Array,
+    ws: int,
+    k: int,
+    lam: float,
+    *,
+    masks_out: BoolArray | None = None,
+    backend: SSNBackend = "auto",
+) -> F32Array:
+    """Fast SSN mean of filtered planes x (B, H, W) float32 -> (B, H, W) float32.
+
+    ``backend`` "auto" uses the numba kernel when numba is installed and compiles, else numpy;
+    both are bit-identical to :func:`ssn_features_reference`. ``masks_out`` (n_offsets, H, W)
+    bool, if given, receives the selected neighbours (offset n in :func:`_window_offsets`
+    order); for tests.
+    """
+    if backend != "numpy":
+        kernel = _numba_kernel()
+        if kernel is not None:
+            return _ssn_mean_numba(kernel, x, ws, k, lam, masks_out)
+        if backend == "numba":
+            raise RuntimeError("the numba SSN kernel is unavailable (numba not installed?)")
+    return _ssn_mean_numpy(x, ws, k, lam, masks_out)
+
+
+def _ssn_mean_numpy(
+    x: F32Array, ws: int, k: int, lam: float, masks_out: BoolArray | None
+) -> F32Array:
+    """The numpy/OpenCV fast path, strip by strip (see the comment above ``_INF``)."""
+    n_bands, h, w = x.shape
+    r = ws // 2
+    rows = min(h, _STRIP_ROWS)
+    work = _workspace(n_bands, rows, w, ws, k)
+    out = np.empty_like(x)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        pad = work.pad[:, : y1 - y0 + 2 * r]
+        _pad_rows(x, y0, y1, r, pad)
+        masks = _ssn_strip(pad, y1 - y0, w, ws, k, lam, work, out[:, y0:y1])
+        if masks_out is not None:
+            _unflatten_masks(masks, y1 - y0, w, r, masks_out[:, y0:y1])
+    return out
+
+
+def _unflatten_masks(masks: BoolArray, hs: int, w: int, r: int, out: BoolArray) -> None:
+    """(n_offsets, length) flat-layout masks -> ``out`` (n_offsets, hs, w)."""
+    wp = w + 2 * r
+    flat = np.zeros((masks.shape[0], hs * wp), np.bool_)
+    flat[:, : masks.shape[1]] = masks
+    out[...] = flat.reshape(-1, hs, wp)[:, :, :w]
+
+
+# ---- Optional numba kernel ---------------------------------------------------------------------
+#
+# numba is not a dependency of the service; where it is installed, one fused kernel replaces the
+# ~2,300 numpy passes per strip with loops over blocks of pixels that stay in L1/L2. It does the
+# same float32 operations in the same order (no fastmath: no reassociation, no FMA contraction),
+# so it is bit-identical to the numpy path; the tests run both. Per block of pixels it computes
+# the 80 distances directly (no pair sharing: recomputing is cheaper than a 10 MB buffer), runs
+# the same selection program, applies the tie rule and sums in offset order.
+
+_NUMBA_BLOCK = 512  # pixels per block: (80 + 21) distance/scratch rows of 2 KB stay in L2
+
+
+@functools.cache
+def _numba_kernel() -> Callable[..., None] | None:
+    """The compiled kernel, or None when numba is missing or fails (then numpy is used)."""
+    if os.environ.get("MSCREEN_SSN_NUMBA", "1") == "0":
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    try:
+        kernel = numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)(
+            _ssn_kernel_py
+        )
+        # Compile now (or load from numba's cache) so a failure falls back here, not mid-scan.
+        x = np.zeros((1, 5, 5), np.float32)
+        _ssn_mean_numba(kernel, x, 3, 2, 0.5, None)
+    except Exception:  # numba raises many types; any failure just means "use numpy"
+        logger.warning("numba is installed but the SSN kernel failed to compile", exc_info=True)
+        return None
+    return kernel
+
+
+def _ssn_mean_numba(
+    kernel: Callable[..., None],
+    x: F32Array,
+    ws: int,
+    k: int,
+    lam: float,
+    masks_out: BoolArray | None,
+) -> F32Array:
+    n_bands, h, w = x.shape
+    r = ws // 2
+    wp = w + 2 * r
+    pad = np.empty((n_bands, h + 2 * r, wp), np.float32)
+    _pad_rows(x, 0, h, r, pad)
+    length = (h - 1) * wp + w
+    offsets, spatial = _window_offsets(ws)
+    n_off = len(offsets)
+    shifts = np.array([dy * wp + dx for dy, dx in offsets], np.int64)
+    # The same float32 spatial terms the numpy path adds (float64 product, rounded once).
+    terms = np.array([np.float32(lam * sp) for sp in spatial], np.float32)
+    program = _selection_program(n_off, k)
+    masks = np.zeros((n_off, length if masks_out is not None else 0), np.bool_)
+    out = np.empty_like(x)
+    kernel(
+        pad.reshape(n_bands, -1),
+        r * wp + r,
+        length,
+        w,
+        wp,
+        shifts,
+        terms,
+        k,
+        _program_array(n_off, k),
+        program.n_buffers,
+        program.result,
+        np.float32(1.0 / math.sqrt(n_bands)),
+        np.float32(1.0 / (k + 1)),
+        out,
+        masks,
+        _NUMBA_BLOCK,
+    )
+    if masks_out is not None:
+        _unflatten_masks(masks, h, w, r, masks_out)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _program_array(n: int, k: int) -> npt.NDArray[np.int64]:
+    """``_selection_program(n, k).ops`` as an (n_ops, 4) int64 array: is_min, dst, a, b."""
+    ops = _selection_program(n, k).ops
+    array = np.array(ops, np.int64).reshape(len(ops), 4)
+    array.flags.writeable = False
+    return array
+
+
+def _ssn_kernel_py(
+    flat: F32Array,
+    base: int,
+    length: int,
+    w: int,
+    wp: int,
+    shifts: npt.NDArray[np.int64],
+    terms: F32Array,
+    k: int,
+    ops: npt.NDArray[np.int64],
+    n_buffers: int,
+    result: int,
+    inv_sqrt_b: np.float32,
+    scale: np.float32,
+    out: F32Array,
+    masks: BoolArray,
+    block: int,
+) -> None:
+    """Fused SSN mean in the flat padded layout (compiled by numba; plain Python otherwise).
+
+    Plain arrays and scalars rather than a config object: that is what numba compiles.
+
+    flat (B, N) padded planes; pixel q (0 <= q < length) is at flat[:, base + q], row q // wp,
+    column q % wp (columns >= w are padding and are skipped on output). Writes out (B, H, W) and,
+    if masks has columns, masks (n_offsets, length).
+    """
+    # Inner loops run over 1-D contiguous row views: numba/LLVM vectorises those, not 2-D
+    # indexing (measured 4x slower).
+    n_bands = flat.shape[0]
+    n_off = shifts.shape[0]
+    n_ops = ops.shape[0]
+    buf = np.empty((n_off + n_buffers, block), np.float32)
+    sel = np.empty((n_off, block), np.bool_)
+    count = np.empty(block, np.int64)
+    total = np.empty(block, np.float32)
+    for start in range(0, length, block):
+        m = min(block, length - start)
+        q0 = base + start
+        # SSCD of every offset, band by band (the reference's order of float32 operations).
+        for n in range(n_off):
+            sh = shifts[n]
+            row = buf[n, :m]
+            here, there = flat[0, q0 : q0 + m], flat[0, q0 + sh : q0 + sh + m]
+            for j in range(m):
+                t = here[j] - there[j]
+                row[j] = t * t
+            for b in range(1, n_bands):
+                here, there = flat[b, q0 : q0 + m], flat[b, q0 + sh : q0 + sh + m]
+                for j in range(m):
+                    t = here[j] - there[j]
+                    row[j] = row[j] + t * t
+            for j in range(m):
+                row[j] = np.sqrt(row[j]) * inv_sqrt_b
+            term = terms[n]
+            for j in range(m):
+                row[j] = row[j] + term
+        # K-th smallest: the selection program, one op at a time over the block. (Fusing a
+        # comparator's min and max into one loop measured slower: LLVM then gives up on
+        # vectorising because of the four-way aliasing checks.)
+        for o in range(n_ops):
+            lhs, rhs, dst = buf[ops[o, 2], :m], buf[ops[o, 3], :m], buf[ops[o, 1], :m]
+            if ops[o, 0] == 1:
+                for j in range(m):
+                    dst[j] = min(lhs[j], rhs[j])
+            else:
+                for j in range(m):
+                    dst[j] = max(lhs[j], rhs[j])
+        kth = buf[result, :m]
+        count[:m] = 0
+        for n in range(n_off):
+            row, chosen = buf[n, :m], sel[n, :m]
+            for j in range(m):
+                chosen[j] = row[j] <= kth[j]
+                count[j] += chosen[j]
+        # Ties at the K-th distance: keep the tied offsets that come first in offset order.
+        for j in range(m):
+            if count[j] > k:
+                less = 0
+                for n in range(n_off):
+                    if buf[n, j] < kth[j]:
+                        less += 1
+                room = k - less
+                for n in range(n_off):
+                    d = buf[n, j]
+                    keep = d < kth[j] or (d == kth[j] and room > 0)
+                    if d == kth[j] and keep:
+                        room -= 1
+                    sel[n, j] = keep
+        if masks.shape[1] > 0:
+            masks[:, start : start + m] = sel[:, :m]
+        # Mean of the pixel and its K SSNs, summed in offset order.
+        for b in range(n_bands):
+            here = flat[b, q0 : q0 + m]
+            for j in range(m):
+                total[j] = here[j]
+            for n in range(n_off):
+                sh = shifts[n]
+                there, chosen = flat[b, q0 + sh : q0 + sh + m], sel[n, :m]
+                for j in range(m):
+                    total[j] = total[j] + there[j] if chosen[j] else total[j]
+            for j in range(m):
+                q = start + j
+                y = q // wp
+                c = q - y * wp
+                if c < w:
+                    out[b, y, c] = total[j] * scale
+
+
+def _pad_rows(x: F32Array, y0: int, y1: int, r: int, pad: F32Array) -> None:
+    """Write rows y0 - r .. y1 + r - 1 of x (B, H, W), reflect-101 padded by r columns, into
+    ``pad`` (B, y1 - y0 + 2r, W + 2r)."""
+    h, w = x.shape[1:]
+    if r < h and r < w:
+        top, bottom = max(0, r - y0), max(0, y1 + r - h)
+        src = x[:, max(0, y0 - r) : min(h, y1 + r)]
+        for b in range(x.shape[0]):
+            cv2.copyMakeBorder(src[b], top, bottom, r, r, _BORDER, dst=pad[b])
+        return
+    # Images smaller than the window: reflect-101 repeats with period 2 (n - 1).
+    rows, cols = _reflect101(np.arange(y0 - r, y1 + r), h), _reflect101(np.arange(-r, w + r), w)
+    pad[...] = x[:, rows[:, None], cols[None, :]]
+
+
+def _reflect101(index: npt.NDArray[np.int_], n: int) -> npt.NDArray[np.int_]:
+    """Map indices onto [0, n) mirrored without repeating the edge (OpenCV BORDER_REFLECT_101)."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    folded = np.abs(index) % period
+    out: npt.NDArray[np.int_] = np.where(folded >= n, period - folded, folded)
+    return out
+
+
+def _pair_distance(
+    flat: list[F32Array],
+    base: int,
+    length: int,
+    s: int,
+    spatial: float,
+    out: F32Array,
+    tmp: F32Array,
+) -> F32Array:
+    """SSCD of the pixel pairs (q, q + s), q = base - s .. base + length - 1, in the flat padded
+    layout; same float32 operations in the same order as the reference. Returns a view of
+    ``out`` (length + s,)."""
+    span = length + s
+    dist, tmp = out[:span], tmp[:span]
+    lo, hi = base - s, base + length
+    np.subtract(flat[0][lo:hi], flat[0][base : base + span], out=dist)
+    np.multiply(dist, dist, out=dist)
+    for b in range(1, len(flat)):
+        np.subtract(flat[b][lo:hi], flat[b][base : base + span], out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        np.add(dist, tmp, out=dist)
+    np.sqrt(dist, out=dist)
+    np.multiply(dist, np.float32(1.0 / math.sqrt(len(flat))), out=dist)
+    if spatial != 0.0:  # adding +0.0 to a non-negative float changes nothing
+        np.add(dist, np.float32(spatial), out=dist)
+    return dist
+
+
+def _ssn_strip(
+    pad: F32Array,
+    hs: int,
+    w: int,
+    ws: int,
+    k: int,
+    lam: float,
+    work: _Workspace,
+    out: F32Array,
+) -> BoolArray:
+    """SSN mean of one strip. ``pad`` (B, hs + 2r, w + 2r) is the padded strip; writes ``out``
+    (B, hs, w) and returns the (n_offsets, length) selection masks in the flat layout."""
+    n_bands = pad.shape[0]
+    r = ws // 2
+    wp = w + 2 * r
+    base = r * wp + r  # flat index of pixel (0, 0)
+    length = (hs - 1) * wp + w  # flat span from pixel (0, 0) to pixel (hs - 1, w - 1)
+    flat = [pad[b].reshape(-1) for b in range(n_bands)]
+    geometry = _shifts(ws, wp, lam)
+    n_off = len(geometry.shift)
+
+    # SSCD, once per offset pair {o, -o}: dist[q] = d(p, p + o) for p = base - s + q, so that
+    # d(i, i + o) = dist[i + s] and d(i, i - o) = dist[i] for pixel i (flat index from base).
+    # (Running the network's group sorts right after each group's pairs, while they are in
+    # cache, measured ~5 % slower than this simple order.)
+    dist_views: list[F32Array] = [work.tmp] * n_off
+    for p, (s, n_pos, n_neg, spatial) in enumerate(geometry.pairs):
+        dist = _pair_distance(flat, base, length, s, spatial, work.pair_dist[p], work.tmp)
+        dist_views[n_pos], dist_views[n_neg] = dist[s:], dist[:length]
+    kth = _run_selection(_selection_program(n_off, k), dist_views, work.scratch[:, :length])
+
+    # Neighbours: distance <= the K-th smallest; where ties at that value give more than K,
+    # keep the tied offsets that come first in offset order (as the reference does).
+    masks = work.masks[:, :length]
+    count = work.count[:length]
+    count.fill(0)
+    for n in range(n_off):
+        np.less_equal(dist_views[n], kth, out=masks[n])
+        np.add(count, masks[n].view(np.uint8), out=count)
+    over = np.flatnonzero((count > k) & work.valid[:length])
+    if over.size:
+        d_over = np.stack([d[over] for d in dist_views])
+        kth_over = kth[over]
+        less = d_over < kth_over
+        tied = d_over == kth_over
+        room = k - np.count_nonzero(less, axis=0)
+        masks[:, over] = less | (tied & (np.cumsum(tied, axis=0) <= room))
+
+    # Mean of the pixel and its K SSNs, summed in offset order like the reference.
+    scale = np.float32(1.0 / (k + 1))
+    for b in range(n_bands):
+        acc = work.acc[b, : hs * wp]
+        total = acc[:length]
+        np.copyto(total, flat[b][base : base + length])
+        for n, s in enumerate(geometry.shift):
+            cv2.accumulate(
+                flat[b][base + s : base + s + length], total, mask=masks[n].view(np.uint8)
+            )
+        np.multiply(acc.reshape(hs, wp)[:, :w], scale, out=out[b])
+    return masks
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_dockerfile_is_cuda_based_non_root_with_healthcheck():
     assert instructions["FROM"].startswith("nvidia/cuda:") and "cudnn" in instructions["FROM"]
     assert instructions["USER"] not in ("root", "0")
     assert "/api/v1/health" in instructions["HEALTHCHECK"]
-    assert ".[gpu,postgres]" in (ROOT / "Dockerfile").read_text()
+    assert ".[gpu,postgres,fast]" in (ROOT / "Dockerfile").read_text()
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:

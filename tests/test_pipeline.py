@@ -1,7 +1,11 @@
 """Tests for models.pipeline: QC, normalisation, mask, bands, SSN features, config round trip.
 
 Plain numpy/OpenCV only (no torch). The SSN and weighted-mean filters are checked against
-per-pixel Python-loop oracles written here, independently of the vectorised implementation.
+per-pixel Python-loop oracles written here, independently of the vectorised implementation: a
+float64 one straight from the definition, and a float32 one that repeats the implementation's
+arithmetic so that the fast path must select exactly the same neighbours and give the same bits.
+The fast SSN path is also compared bit for bit with ``ssn_features_reference``, the first
+vectorised implementation. Timings live in benchmarks/pipeline.py, not here.
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -99,6 +105,47 @@ def _ssn_oracle(cube: np.ndarray, ws: int, k: int, lam: float) -> np.ndarray:
             cands.sort(key=lambda t: t[0])
             out[y, c] = (x[y, c] + sum(v for _, v in cands[:k])) / (k + 1)
     return out
+
+
+def _ssn_oracle_f32(cube: np.ndarray, ws: int, k: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel loop doing the implementation's float32 arithmetic in its order.
+
+    Starts from the implementation's filtered bands (``weighted_mean_filter`` has its own
+    oracle above). Returns (features (H, W, B) float32, selected (n_offsets, H, W) bool), the
+    offsets ordered as the tie rule ranks them: spatially closer first, then dy, then dx.
+    """
+    x = pl.weighted_mean_filter(cube)
+    h, w, b = x.shape
+    r = ws // 2
+    corner = math.sqrt(2.0) * r
+    offsets = sorted(
+        ((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)),
+        key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]),
+    )
+    inv_sqrt_b = np.float32(1.0 / math.sqrt(b))
+    out = np.zeros_like(x)
+    selected = np.zeros((len(offsets), h, w), bool)
+    for y in range(h):
+        for c in range(w):
+            keys = []
+            for n, (dy, dx) in enumerate(offsets):
+                xj = x[_reflect101(y + dy, h), _reflect101(c + dx, w)]
+                diff = x[y, c] - xj
+                sq = diff * diff
+                acc = sq[0]
+                for band in range(1, b):
+                    acc = np.float32(acc + sq[band])
+                d = np.float32(np.sqrt(acc) * inv_sqrt_b)
+                d = np.float32(d + np.float32(lam * math.hypot(dy, dx) / corner))
+                keys.append((d, n))  # n is the tie rank: offsets are in tie-break order
+            chosen = sorted(n for _, n in sorted(keys)[:k])
+            total = x[y, c].copy()
+            for n in chosen:  # summed in offset order, like the implementation
+                dy, dx = offsets[n]
+                total = total + x[_reflect101(y + dy, h), _reflect101(c + dx, w)]
+                selected[n, y, c] = True
+            out[y, c] = total * np.float32(1.0 / (k + 1))
+    return out, selected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +268,57 @@ def test_qc_excluded_iff_mean_above_max(frame: np.ndarray, max_v: float) -> None
     assert (qc.reason is not None) == qc.excluded
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    frame=hnp.arrays(np.uint8, st.tuples(st.integers(1, 16), st.integers(1, 16), st.just(3))),
+    max_v=st.floats(1.0, 255.0),
+)
+def test_qc_colour_excluded_iff_mean_hsv_value_above_max(frame: np.ndarray, max_v: float) -> None:
+    config = PipelineConfig(max_mean_v=max_v, min_mean_v=0.0)
+    qc = pl.quality_check(frame, config)
+    assert qc.mean_v == pytest.approx(float(frame.max(axis=2).mean()))  # V = max(B, G, R)
+    assert qc.excluded == (qc.mean_v > max_v)
+
+
+# Small output so that the whole path runs in milliseconds per example.
+SMALL = PipelineConfig(height=16, width=20)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    bit_depth=st.integers(8, 16),
+    shape=st.tuples(st.integers(1, 48), st.integers(1, 48)),
+)
+def test_prepare_excludes_iff_mean_v_out_of_range_and_shapes_are_right(
+    data: st.DataObject, bit_depth: int, shape: tuple[int, int]
+) -> None:
+    top = (1 << bit_depth) - 1
+    # Frames clustered around a random level, so that means near 240 (and 10) come up often.
+    level = data.draw(st.integers(0, top))
+    spread = data.draw(st.integers(0, max(1, top // 16)))
+    lo, hi = max(0, level - spread), min(top, level + spread)
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    frame = data.draw(hnp.arrays(dtype, shape, elements=st.integers(lo, hi)))
+    mean_8bit = float(pl.to_uint8(frame, bit_depth).mean())
+
+    result = pl.prepare(frame, SMALL, bit_depth=bit_depth)
+
+    assert result.qc.mean_v == pytest.approx(mean_8bit)
+    assert result.qc.excluded == (mean_8bit > 240.0 or mean_8bit < 10.0)
+    assert ("overexposed" in result.qc.flags) == (mean_8bit > 240.0)
+    if result.qc.excluded:
+        assert result.features is None and result.mask is None and result.normalised is None
+        return
+    assert result.normalised is not None and result.mask is not None
+    assert result.features is not None
+    assert result.normalised.shape == (16, 20) and result.normalised.dtype == np.uint8
+    assert result.mask.shape == (16, 20) and result.mask.dtype == bool
+    assert result.features.shape == (len(SMALL.bands), 16, 20)
+    assert result.features.dtype == np.float32 and result.features.flags.c_contiguous
+    assert np.isfinite(result.features).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # normalise
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +369,34 @@ def test_normalise_keeps_shape_and_dtype(
     out = pl.normalise(frame, config)
     assert out.shape == (height, width)
     assert out.dtype == np.uint8
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(2, 80), st.integers(2, 80)))
+def test_normalise_brings_mean_v_to_130_without_contrast(
+    data: st.DataObject, shape: tuple[int, int]
+) -> None:
+    # Output size either shrinks both ways (INTER_AREA averages: mean kept) or grows both ways
+    # (INTER_LINEAR with replicated edges: mean kept up to rounding); a stretch that shrinks one
+    # way only point-samples that way, which need not keep the mean of a noise frame.
+    h0, w0 = shape
+    if data.draw(st.booleans(), label="shrink"):
+        height, width = data.draw(st.integers(1, h0)), data.draw(st.integers(1, w0))
+    else:
+        height, width = data.draw(st.integers(h0, 120)), data.draw(st.integers(w0, 160))
+    frame = data.draw(hnp.arrays(np.uint8, shape, elements=st.integers(0, 255)))
+    config = PipelineConfig(height=height, width=width, contrast="none", median_ksize=1)
+    qc = pl.quality_check(frame, config)
+    assume(not qc.excluded)
+
+    out = pl.normalise(frame, config)
+
+    if int(frame.max()) * 130.0 / qc.mean_v < 254.5:
+        # Nothing saturates: only the gain table and the resize round (each <= 0.5 level).
+        assert abs(float(out.mean()) - 130.0) <= 1.0
+    else:
+        # Saturated pixels stop at 255, so the mean can only fall short of the target.
+        assert float(out.mean()) <= 131.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +553,175 @@ def test_ssn_features_rejects_bad_input() -> None:
         pl.ssn_features(np.zeros((10, 10, 2), np.uint8), DEFAULT)
 
 
+# (ws, k, lambda, integer data). Integer data in 0..2 makes many SSCDs tie exactly, so the tie
+# rule decides; continuous data checks the ordering itself. Includes the defaults (9, 12, 0.5).
+_EXACT_CASES = [
+    (3, 2, 0.5, False),
+    (3, 8, 0.0, True),
+    (5, 12, 0.5, False),
+    (5, 12, 0.0, True),
+    (7, 12, 0.5, True),
+    (9, 12, 0.5, False),
+    (9, 12, 0.5, True),
+    (9, 12, 0.0, True),
+    (9, 2, 1.0, False),
+    (9, 16, 0.5, False),
+    (11, 7, 0.5, True),
+    (13, 12, 0.5, False),
+    (13, 16, 0.0, True),
+]
+
+
+_HAVE_NUMBA = pl._numba_kernel() is not None
+_BACKEND_NAMES: tuple[pl.SSNBackend, ...] = ("numpy", "numba") if _HAVE_NUMBA else ("numpy",)
+# The numpy path in one strip and in several (11 rows = 4 + 4 + 3, a short last strip), and the
+# optional numba kernel where numba is installed.
+_BACKENDS = [
+    pytest.param(("numpy", None), id="numpy"),
+    pytest.param(("numpy", 4), id="numpy-strips"),
+    pytest.param(
+        ("numba", None),
+        id="numba",
+        marks=pytest.mark.skipif(not _HAVE_NUMBA, reason="numba kernel unavailable"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("ws", "k", "lam", "integer"), _EXACT_CASES)
+@pytest.mark.parametrize("backend", _BACKENDS)
+def test_ssn_fast_path_selects_exactly_the_oracle_neighbours(
+    ws: int,
+    k: int,
+    lam: float,
+    integer: bool,
+    backend: tuple[pl.SSNBackend, int | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name, strip_rows = backend
+    if strip_rows is not None:
+        monkeypatch.setattr(pl, "_STRIP_ROWS", strip_rows)
+    rng = np.random.default_rng(1000 * ws + 10 * k + integer)
+    if integer:
+        cube = rng.integers(0, 3, (11, 13, 3)).astype(np.float32)
+    else:
+        cube = rng.standard_normal((11, 13, 3)).astype(np.float32)
+    want, want_selected = _ssn_oracle_f32(cube, ws, k, lam)
+
+    planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
+    selected = np.zeros_like(want_selected)
+    got = pl._ssn_mean(planes, ws, k, lam, masks_out=selected, backend=name)
+
+    np.testing.assert_array_equal(selected, want_selected)
+    assert (selected.sum(axis=0) == k).all()
+    np.testing.assert_array_equal(got.transpose(1, 2, 0), want)
+    config = PipelineConfig(ws=ws, k=k, spatial_weight=lam)
+    np.testing.assert_array_equal(pl.ssn_features(cube, config), want)
+    np.testing.assert_array_equal(pl.ssn_features_reference(cube, config), want)
+
+
+@pytest.mark.parametrize("backend", _BACKENDS)
+def test_ssn_fast_path_handles_images_smaller_than_the_window(
+    backend: tuple[pl.SSNBackend, int | None],
+) -> None:
+    # r = 6 >= H and W: the padding falls back from OpenCV to numpy's periodic reflection.
+    cube = np.random.default_rng(7).integers(0, 3, (4, 5, 2)).astype(np.float32)
+    want, _ = _ssn_oracle_f32(cube, 13, 12, 0.5)
+    planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
+    got = pl._ssn_mean(planes, 13, 12, 0.5, backend=backend[0])
+    np.testing.assert_array_equal(got.transpose(1, 2, 0), want)
+
+
+def test_ssn_backend_choice() -> None:
+    x = np.zeros((1, 6, 7), np.float32)
+    if _HAVE_NUMBA:
+        np.testing.assert_array_equal(
+            pl._ssn_mean(x, 3, 2, 0.5, backend="numba"), pl._ssn_mean(x, 3, 2, 0.5, backend="numpy")
+        )
+    else:
+        with pytest.raises(RuntimeError, match="numba"):
+            pl._ssn_mean(x, 3, 2, 0.5, backend="numba")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 6)),
+    ws=st.sampled_from([3, 5, 7, 9, 11, 13]),
+    data=st.data(),
+    lam=st.sampled_from([0.0, 0.5, 2.0]),
+    integer=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ssn_fast_path_is_bit_identical_to_reference(
+    shape: tuple[int, int, int],
+    ws: int,
+    data: st.DataObject,
+    lam: float,
+    integer: bool,
+    seed: int,
+) -> None:
+    k = data.draw(st.integers(2, min(16, ws * ws - 1)), label="k")
+    rng = np.random.default_rng(seed)
+    if integer:
+        cube = rng.integers(0, 3, shape).astype(np.float32)
+    else:
+        cube = rng.standard_normal(shape).astype(np.float32)
+    config = PipelineConfig(ws=ws, k=k, spatial_weight=lam)
+    reference = pl.ssn_features_reference(cube, config)
+    planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
+    for backend in _BACKEND_NAMES:
+        fast = pl._ssn_mean(planes, ws, k, lam, backend=backend).transpose(1, 2, 0)
+        np.testing.assert_array_equal(fast.view(np.uint32), reference.view(np.uint32))
+    np.testing.assert_array_equal(pl.ssn_features(cube, config), reference)
+
+
+def test_ssn_fast_path_is_bit_identical_to_reference_on_real_frames() -> None:
+    frame = (_textured_frame(dtype=np.float64) * 16).astype(np.uint16)
+    bands = pl.band_stack(pl.normalise(pl.to_uint8(frame, 12), DEFAULT), DEFAULT)
+    planes = np.ascontiguousarray(pl.weighted_mean_filter(bands).transpose(2, 0, 1))
+    for config in (DEFAULT, dataclasses.replace(DEFAULT, ws=13, k=16, spatial_weight=0.0)):
+        reference = pl.ssn_features_reference(bands, config).transpose(2, 0, 1)
+        for backend in _BACKEND_NAMES:
+            lam = config.spatial_weight
+            fast = pl._ssn_mean(planes, config.ws, config.k, lam, backend=backend)
+            np.testing.assert_array_equal(fast.view(np.uint32), reference.view(np.uint32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(2, 168))
+def test_selection_network_gives_the_kth_smallest(data: st.DataObject, n: int) -> None:
+    k = data.draw(st.integers(1, min(n, 16)), label="k")
+    length = 7
+    values = data.draw(
+        hnp.arrays(np.float32, (n, length), elements=st.integers(0, 4).map(float)), label="v"
+    )
+    program = pl._selection_program(n, k)
+    scratch = np.empty((program.n_buffers, length), np.float32)
+    got = pl._run_selection(program, list(values), scratch)
+    np.testing.assert_array_equal(got, np.partition(values, k - 1, axis=0)[k - 1])
+
+
+def test_ssn_features_are_thread_safe() -> None:
+    # Work buffers are reused per thread; concurrent calls must not share them.
+    rng = np.random.default_rng(11)
+    cubes = [rng.standard_normal((40 + i, 50, 3)).astype(np.float32) for i in range(4)]
+    want = [pl.ssn_features_reference(c, DEFAULT) for c in cubes]
+    got: list[list[np.ndarray]] = [[] for _ in cubes]
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            got[i].append(pl.ssn_features(cubes[i], DEFAULT))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cubes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, results in enumerate(got):
+        assert len(results) == 3
+        for result in results:
+            np.testing.assert_array_equal(result, want[i])
+
+
 # ---------------------------------------------------------------------------------------------
 # prepare
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +776,49 @@ def test_prepare_channels() -> None:
     np.testing.assert_array_equal(ref.features, colour.features)
     with pytest.raises(ValueError, match="BGR"):
         pl.prepare(np.zeros((20, 20, 4), np.uint8), DEFAULT)
+
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models/repository/hscnn-sim/1/model.onnx"
+
+
+def test_serving_and_training_give_bit_identical_model_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from app.classifier import WellClassifier
+    from hardware.microscope import ScanPlan, StepScanner
+    from hardware.simulation import SimulatedMicroscope, SimulationConfig
+    from models.runtime import OnnxClassifier
+    from training.data import simulated_image_set
+
+    sim = SimulationConfig()
+    barcode, well = "PIPE-0001", "C4"
+    model = OnnxClassifier(BUNDLED_MODEL, providers="cpu")
+
+    # Training: the simulator's dataset builder, with the model card's pipeline config.
+    training = simulated_image_set(
+        [barcode], sim=sim, pipeline=model.pipeline_config, wells=[well], workers=1, progress=False
+    )
+    assert len(training) == 1 and training.excluded == 0
+
+    # Serving: the scanner acquires the field, the classifier prepares it and calls the model.
+    seen: dict[str, np.ndarray] = {}
+    predict = model.predict
+
+    def spy(features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen["features"], seen["mask"] = features.copy(), mask.copy()
+        return predict(features, mask)
+
+    monkeypatch.setattr(model, "predict", spy)
+    (acquired,) = StepScanner(SimulatedMicroscope(sim)).scan(ScanPlan(barcode, [well]))
+    call = WellClassifier(model, bit_depth=sim.bit_depth).classify(acquired.fields)
+
+    assert call.fields_used == 1
+    assert seen["features"].shape == training.features.shape
+    np.testing.assert_array_equal(
+        seen["features"].view(np.uint32), training.features.view(np.uint32)
+    )
+    np.testing.assert_array_equal(seen["mask"], training.masks)
 
 
 # ---------------------------------------------------------------------------------------------
