@@ -13,6 +13,7 @@ The data path (reference paper: Liu et al. 2023, sections 2.2 and 2.4.1)::
       -> focus score         variance of the Laplacian of the normalised image (flag)
       -> foreground_mask     PHANTAST-style local contrast -> cell mask, confluence
       -> band_stack          (H, W, B) "spectral" bands from a fixed filter bank
+                             (or channel_band_stack: one band per acquired channel, B = C)
       -> ssn_features        weighted-mean filter + spatial-spectral neighbour (SSN) mean
       -> features            (B, H, W) float32
 
@@ -25,11 +26,20 @@ Our reading of what the paper leaves open (the model card records the config, an
 * **Colour.** Phase-contrast frames are grey; for a grey frame HSV V equals the grey level. A
   3-channel frame is taken as OpenCV BGR: QC uses the HSV V channel (as in the paper), the rest
   of the path uses the luma image from ``cv2.COLOR_BGR2GRAY``. (H, W, 1) is treated as grey.
-  Other channel counts are rejected: several acquisition channels as bands are not supported yet.
+  Other channel counts are rejected unless ``band_source="channels"`` (next point).
 * **Bands.** The paper never says what the "spectral" bands of an 8-bit grey image are. We derive
   them from the normalised image with a fixed filter bank (see :data:`BAND_NAMES`); each band is
   mapped to roughly zero mean and unit scale by FIXED constants (no per-image statistics), so a
   given pixel value always means the same thing to the network.
+* **Bands from acquired channels.** With ``PipelineConfig(band_source="channels")`` a frame
+  (H, W, C), C >= 2, holds C acquired channels (illumination wavelengths or focal planes; C == 3
+  is then NOT BGR colour) and gives B = C bands, one per channel: each channel is normalised on
+  its own exactly like a grey frame and scaled like the "intensity" band
+  (:func:`channel_band_stack`). QC uses the mean over all channels (the mean of the channel-mean
+  image), not the brightest channel; the focus score, the foreground mask and the confluence come
+  from the channel-mean image, normalised like a grey frame. The weighted-mean filter and the SSN
+  step are unchanged. ``bands`` (the filter bank) is then unused; the network's ``in_bands`` is C
+  (:meth:`PipelineConfig.band_names`).
 * **SSCD.** For pixel i and every j != i in the WS x WS window centred on i::
 
       d(i, j) = ||x_i - x_j||_2 / sqrt(B) + lambda * ||p_i - p_j||_2 / (sqrt(2) * (WS // 2))
@@ -72,11 +82,13 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BAND_NAMES",
     "FEATURE_VERSION",
+    "BandSource",
     "ContrastMethod",
     "PipelineConfig",
     "PreparedImage",
     "QCReport",
     "band_stack",
+    "channel_band_stack",
     "focus_score",
     "foreground_mask",
     "mean_v",
@@ -95,6 +107,11 @@ FEATURE_VERSION = "1"
 
 ContrastMethod = Literal["clahe", "equalize", "none"]
 _CONTRAST_METHODS: tuple[str, ...] = get_args(ContrastMethod)
+
+# Where the HSM bands come from: the fixed filter bank on one grey image, or one band per acquired
+# channel of a multi-channel frame.
+BandSource = Literal["filter_bank", "channels"]
+_BAND_SOURCES: tuple[str, ...] = get_args(BandSource)
 
 U8Array = npt.NDArray[np.uint8]
 F32Array = npt.NDArray[np.float32]
@@ -235,7 +252,8 @@ class PipelineConfig:
     contrast: ContrastMethod = "clahe"
     clahe_clip_limit: float = 2.0
     clahe_tile: int = 8  # tiles per side
-    # HSM (paper 2.4.1): bands from the filter bank, see BAND_NAMES.
+    # HSM (paper 2.4.1): bands from the filter bank, see BAND_NAMES. Unused (but still validated)
+    # when band_source == "channels".
     bands: tuple[str, ...] = (
         "intensity",
         "gauss_2",
@@ -244,6 +262,13 @@ class PipelineConfig:
         "local_std",
         "halo_dog",
     )
+    # "filter_bank": frames are grey (or BGR colour) and the bands come from the filter bank.
+    # "channels": frames are (H, W, C), C >= 2 acquired channels, one band each (B = C); a 3-channel
+    # frame is then NOT BGR colour. See channel_band_stack.
+    band_source: BandSource = "filter_bank"
+    # band_source == "channels" only: the expected channel count C (>= 2); frames with another
+    # count are rejected. None accepts any C >= 2 (the network then fixes it at training time).
+    channels: int | None = None
     ws: int = 9  # SSCD window size, odd in 1..13; 1 switches SSN off
     k: int = 12  # number of SSNs, 2..16, <= ws*ws - 1 when ws > 1
     spatial_weight: float = 0.5  # lambda in the SSCD
@@ -291,6 +316,11 @@ class PipelineConfig:
                 object.__setattr__(self, name, int(value))
         if not isinstance(self.exclude_out_of_focus, bool):
             errors.append(f"exclude_out_of_focus must be a bool, got {self.exclude_out_of_focus!r}")
+        if self.channels is not None:
+            if not _is_int(self.channels):
+                errors.append(f"channels must be an integer or None, got {self.channels!r}")
+            else:
+                object.__setattr__(self, "channels", int(self.channels))
         if errors:
             raise ValueError("invalid PipelineConfig: " + "; ".join(errors))
 
@@ -328,6 +358,17 @@ class PipelineConfig:
             if len(set(self.bands)) != len(self.bands):
                 errors.append(f"bands must be unique, got {list(self.bands)}")
 
+        if self.band_source not in _BAND_SOURCES:
+            errors.append(f"band_source must be one of {_BAND_SOURCES}, got {self.band_source!r}")
+        elif self.channels is not None:
+            if self.band_source != "channels":
+                errors.append(
+                    f"channels={self.channels} applies to band_source='channels' only "
+                    f"(band_source is {self.band_source!r})"
+                )
+            elif self.channels < 2:
+                errors.append(f"channels must be >= 2, got {self.channels}")
+
         if not (1 <= self.ws <= 13 and self.ws % 2 == 1):
             errors.append(f"ws must be odd in 1..13, got {self.ws}")
         if not 2 <= self.k <= 16:
@@ -347,6 +388,27 @@ class PipelineConfig:
             errors.append("mask_min_object_px and mask_max_hole_px must be >= 0")
         if errors:
             raise ValueError("invalid PipelineConfig: " + "; ".join(errors))
+
+    def band_names(self, n_channels: int | None = None) -> tuple[str, ...]:
+        """Names of the feature bands, in order; their number is the network's ``in_bands``.
+
+        "filter_bank": ``bands``. "channels": ``("channel_0", ..., "channel_{C-1}")`` with C =
+        ``channels``, or ``n_channels`` (e.g. ``features.shape[1]`` of a training set) when
+        ``channels`` is None.
+
+        Raises:
+            ValueError: "channels" with C unknown, or ``n_channels`` contradicting ``channels``.
+        """
+        if self.band_source == "filter_bank":
+            return self.bands
+        count = self.channels if self.channels is not None else n_channels
+        if count is None:
+            raise ValueError("band_source='channels' with channels=None: pass n_channels")
+        if count < 2:
+            raise ValueError(f"band_source='channels' needs C >= 2 channels, got {count}")
+        if n_channels is not None and n_channels != count:
+            raise ValueError(f"n_channels={n_channels} but the config expects {count} channels")
+        return tuple(f"channel_{i}" for i in range(count))
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe dict (tuples become lists); inverse of :meth:`from_dict`."""
@@ -378,7 +440,9 @@ class PipelineConfig:
 class QCReport:
     """Quality check of one frame."""
 
-    mean_v: float  # mean HSV V of the 8-bit frame, grey levels 0..255 (grey frame: V == grey)
+    # Mean HSV V of the 8-bit frame, grey levels 0..255 (grey frame: V == grey); with
+    # band_source="channels" the mean over all channels (= mean of the channel-mean image).
+    mean_v: float
     focus_score: float  # variance of the Laplacian of the normalised image; 0.0 if not computed
     excluded: bool
     flags: tuple[str, ...]  # "overexposed", "underexposed", "out_of_focus"; empty when fine
@@ -390,7 +454,7 @@ class PreparedImage:
     """Everything :func:`prepare` derives from one frame. Arrays are None when excluded."""
 
     qc: QCReport
-    normalised: U8Array | None  # (height, width) uint8
+    normalised: U8Array | None  # (height, width) uint8; "channels": the channel-mean image
     mask: BoolArray | None  # (height, width) bool, True = cell
     confluence_pct: float | None  # 100 * mask.mean(), percent of the field covered by cells
     features: F32Array | None  # (B, height, width) float32 model input, C-contiguous
@@ -518,13 +582,50 @@ def mean_v(frame8: np.ndarray) -> float:
     return _exact_mean(frame8)
 
 
+def _check_channel_frame(frame8: np.ndarray, config: PipelineConfig, what: str) -> None:
+    """Validate an (H, W, C) uint8 frame of C >= 2 acquired channels against ``config.channels``."""
+    if not isinstance(frame8, np.ndarray) or frame8.dtype != np.uint8:
+        dtype = getattr(frame8, "dtype", type(frame8).__name__)
+        raise ValueError(f"{what} must be a uint8 array (use to_uint8), got {dtype}")
+    if frame8.ndim != 3 or frame8.shape[2] < 2:
+        raise ValueError(
+            f"band_source='channels' needs an (H, W, C) {what} with C >= 2 acquired channels, "
+            f"got shape {frame8.shape}"
+        )
+    if frame8.size == 0:
+        raise ValueError(f"{what} is empty, shape {frame8.shape}")
+    if config.channels is not None and frame8.shape[2] != config.channels:
+        raise ValueError(
+            f"{what} has {frame8.shape[2]} channels but config.channels is {config.channels}"
+        )
+
+
+def _channel_mean(frame8: U8Array) -> U8Array:
+    """(H, W, C) uint8 -> (H, W) uint8 mean over the channels, exact integer arithmetic,
+    rounded half up."""
+    c = frame8.shape[2]
+    total = frame8.sum(axis=2, dtype=np.uint32)
+    out: U8Array = ((2 * total + c) // (2 * c)).astype(np.uint8)
+    return out
+
+
 def quality_check(frame8: np.ndarray, config: PipelineConfig) -> QCReport:
     """Exposure QC of an 8-bit frame (paper 2.2). ``focus_score`` is left 0.0; see :func:`prepare`.
 
     Excluded iff mean V > ``max_mean_v`` ("overexposed": bright halos merge cell boundaries with
     the background) or mean V < ``min_mean_v`` ("underexposed").
+
+    With ``band_source="channels"`` an (H, W, C) frame's "mean V" is the mean over all its values
+    (the mean of the channel-mean image), not the HSV V of colour nor the brightest channel: the
+    channels are not colour, each is renormalised to ``target_mean_v`` on its own, and a per-channel
+    (or per-pixel) maximum would rise with C (and with noise), moving the 240 threshold with the
+    acquisition. A single saturated channel therefore does not exclude a frame by itself.
     """
-    mv = mean_v(frame8)
+    if config.band_source == "channels" and isinstance(frame8, np.ndarray) and frame8.ndim == 3:
+        _check_channel_frame(frame8, config, "frame8")
+        mv = _exact_mean(frame8)
+    else:
+        mv = mean_v(frame8)
     if mv > config.max_mean_v:
         reason = f"mean V {mv:.1f} > {config.max_mean_v:g}"
         return QCReport(mv, 0.0, True, ("overexposed",), reason)
@@ -542,9 +643,10 @@ def quality_check(frame8: np.ndarray, config: PipelineConfig) -> QCReport:
 def normalise(frame8: np.ndarray, config: PipelineConfig) -> U8Array:
     """Paper 2.2 / 2.4.1 preprocessing of one 8-bit frame.
 
-    Steps: grey (luma for BGR); scale so that the mean grey level is ``target_mean_v`` (saturating
-    at 255, so clipped frames end slightly below target); resize to (height, width); median filter
-    (``median_ksize``); contrast (CLAHE, global histogram equalisation, or none).
+    Steps: grey (luma for BGR; with ``band_source="channels"`` the rounded channel mean of an
+    (H, W, C) frame, see :func:`prepare`); scale so that the mean grey level is ``target_mean_v``
+    (saturating at 255, so clipped frames end slightly below target); resize to (height, width);
+    median filter (``median_ksize``); contrast (CLAHE, global histogram equalisation, or none).
 
     Resizing uses ``cv2.INTER_AREA`` when the frame shrinks in both directions: it averages every
     source pixel, so shot noise and fine halos do not alias into moire, which point-sampling
@@ -553,14 +655,19 @@ def normalise(frame8: np.ndarray, config: PipelineConfig) -> U8Array:
     to a blocky near-neighbour result.
 
     Args:
-        frame8: (H0, W0), (H0, W0, 1) or (H0, W0, 3) BGR uint8.
+        frame8: (H0, W0), (H0, W0, 1) or (H0, W0, 3) BGR uint8; with ``band_source="channels"``
+            (H0, W0) (e.g. one channel) or (H0, W0, C), C >= 2 acquired channels.
         config: pipeline configuration.
 
     Returns:
         (config.height, config.width) uint8.
     """
-    _check_u8(frame8, "frame8")
-    grey = _to_grey(frame8)
+    if config.band_source == "channels" and isinstance(frame8, np.ndarray) and frame8.ndim == 3:
+        _check_channel_frame(frame8, config, "frame8")
+        grey = _channel_mean(frame8)
+    else:
+        _check_u8(frame8, "frame8")
+        grey = _to_grey(frame8)
 
     mean = _exact_mean(grey)
     # A black frame cannot be brightened; QC normally excludes it before we get here.
@@ -692,9 +799,47 @@ def _band_planes(normalised: U8Array, config: PipelineConfig) -> F32Array:
     f = normalised.astype(np.float32)
     planes = np.empty((len(config.bands), *f.shape), dtype=np.float32)
     for i, name in enumerate(config.bands):
-        spec = _BANDS[name]
-        np.subtract(spec.fn(f), np.float32(spec.offset), out=planes[i])
-        planes[i] *= np.float32(1.0 / spec.scale)
+        _band_plane(f, name, planes[i])
+    return planes
+
+
+def _band_plane(f: F32Array, name: str, out: F32Array) -> None:
+    """Write band ``name`` of the float32 image f (grey levels), with its fixed scaling, to out."""
+    spec = _BANDS[name]
+    np.subtract(spec.fn(f), np.float32(spec.offset), out=out)
+    out *= np.float32(1.0 / spec.scale)
+
+
+def channel_band_stack(frame8: np.ndarray, config: PipelineConfig) -> F32Array:
+    """The HSM bands of a frame of acquired channels: one band per channel (``band_source``
+    "channels"; the counterpart of :func:`band_stack`).
+
+    Channel c goes through :func:`normalise` on its own, exactly like a grey frame (mean to
+    ``target_mean_v``, resize, median, contrast), and is then scaled like the "intensity" band,
+    ``(I - 128) / 32``: band c is bit-identical to ``band_stack(normalise(frame8[..., c]),
+    config with bands=("intensity",))``. The channels are not treated as colour, whatever C is.
+
+    Args:
+        frame8: (H0, W0, C) uint8, C >= 2 (and C == ``config.channels`` when that is set).
+        config: normalisation settings and ``channels``.
+
+    Returns:
+        (height, width, C) float32, C-contiguous.
+
+    Raises:
+        ValueError: not uint8, not (H, W, C) with C >= 2, or C != ``config.channels``.
+    """
+    _check_channel_frame(frame8, config, "frame8")
+    return np.ascontiguousarray(_channel_planes(frame8, config).transpose(1, 2, 0))
+
+
+def _channel_planes(frame8: U8Array, config: PipelineConfig) -> F32Array:
+    """(C, height, width) float32 version of :func:`channel_band_stack` (frame8 checked)."""
+    n = frame8.shape[2]
+    planes = np.empty((n, config.height, config.width), dtype=np.float32)
+    for c in range(n):
+        norm = normalise(np.ascontiguousarray(frame8[:, :, c]), config)
+        _band_plane(norm.astype(np.float32), "intensity", planes[c])
     return planes
 
 
@@ -1505,26 +1650,37 @@ def prepare(
     """Camera frame -> QC, normalised image, cell mask, confluence and model features.
 
     Args:
-        frame: (H0, W0) or (H0, W0, 1) grey, or (H0, W0, 3) BGR colour; uint8, uint16
-            (``bit_depth`` bits) or float in [0, 1]. Colour frames: QC on HSV V, processing on
-            the luma (grey) image.
+        frame: with ``band_source="filter_bank"`` (the default): (H0, W0) or (H0, W0, 1) grey, or
+            (H0, W0, 3) BGR colour; colour frames: QC on HSV V, processing on the luma (grey)
+            image. With ``band_source="channels"``: (H0, W0, C), C >= 2 acquired channels (never
+            colour), C == ``config.channels`` when that is set; QC on the mean over all channels,
+            normalised image, focus, mask and confluence from the channel-mean image, one band
+            per channel (:func:`channel_band_stack`). uint8, uint16 (``bit_depth`` bits) or
+            float in [0, 1].
         config: pipeline configuration (from the model card when serving).
         bit_depth: significant bits of uint16 data; see :func:`to_uint8`.
 
     Returns:
-        A :class:`PreparedImage`. For excluded frames only ``qc`` and timings are filled.
+        A :class:`PreparedImage`; ``features`` is (B, height, width) with B = len(config.bands)
+        or, for "channels", B = C. For excluded frames only ``qc`` and timings are filled.
         ``timings_ms`` has "qc" (8-bit conversion, exposure and focus), "normalise", "mask" and
-        "hsm" (bands + SSN); stages not run are absent.
+        "hsm" (bands, with the per-channel normalisation for "channels", + SSN); stages not run
+        are absent.
 
     Raises:
-        ValueError: for malformed frames (see :func:`to_uint8`) or unsupported channel counts.
+        ValueError: for malformed frames (see :func:`to_uint8`) or unsupported channel counts
+            (including a count other than ``config.channels``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     frame8 = to_uint8(frame, bit_depth)
-    if frame8.ndim == 3 and frame8.shape[2] not in (1, 3):
+    channels = config.band_source == "channels"
+    if channels:
+        _check_channel_frame(frame8, config, "frame")
+    elif frame8.ndim == 3 and frame8.shape[2] not in (1, 3):
         raise ValueError(
-            f"frame must be grey (H, W) / (H, W, 1) or BGR (H, W, 3), got shape {frame8.shape}"
+            f"frame must be grey (H, W) / (H, W, 1) or BGR (H, W, 3), got shape {frame8.shape} "
+            "(acquired channels as bands need band_source='channels')"
         )
     qc = quality_check(frame8, config)
     timings["qc"] = _ms(t0)
@@ -1557,7 +1713,8 @@ def prepare(
     timings["mask"] = _ms(t0)
 
     t0 = time.perf_counter()
-    features = _ssn_planes(_band_planes(norm, config), config)
+    planes = _channel_planes(frame8, config) if channels else _band_planes(norm, config)
+    features = _ssn_planes(planes, config)
     timings["hsm"] = _ms(t0)
 
     return PreparedImage(qc, norm, mask, confluence, features, timings)

@@ -778,6 +778,233 @@ def test_prepare_channels() -> None:
         pl.prepare(np.zeros((20, 20, 4), np.uint8), DEFAULT)
 
 
+# ---------------------------------------------------------------------------------------------
+# bands from acquired channels (band_source="channels")
+# ---------------------------------------------------------------------------------------------
+
+CHANNELS = PipelineConfig(band_source="channels")
+_INTENSITY_ONLY = dataclasses.replace(DEFAULT, bands=("intensity",))
+
+
+def _channel_frame(c: int, h: int = 528, w: int = 720, seed: int = 20) -> np.ndarray:
+    """(h, w, c) 12-bit uint16 frame: an independent textured field per channel, with different
+    brightness per channel (like illumination wavelengths)."""
+    planes = [
+        _textured_frame(h, w, mean=70.0 + 25.0 * i, seed=seed + i, dtype=np.float64)
+        for i in range(c)
+    ]
+    return (np.stack(planes, axis=2) * 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("c", [2, 3, 4])
+def test_prepare_channels_gives_one_band_per_channel_deterministically(c: int) -> None:
+    frame = _channel_frame(c)
+    config = dataclasses.replace(CHANNELS, channels=c)
+    a = pl.prepare(frame, config, bit_depth=12)
+    b = pl.prepare(frame.copy(), config, bit_depth=12)
+    assert not a.qc.excluded
+    assert a.features is not None and b.features is not None
+    assert a.features.shape == (c, 220, 300)
+    assert a.features.dtype == np.float32 and a.features.flags.c_contiguous
+    assert np.isfinite(a.features).all()
+    np.testing.assert_array_equal(a.features.view(np.uint32), b.features.view(np.uint32))
+    assert set(a.timings_ms) == {"qc", "normalise", "mask", "hsm"}
+    # Also without a configured count, and the public building blocks give the same bits.
+    frame8 = pl.to_uint8(frame, 12)
+    unpinned = pl.prepare(frame, CHANNELS, bit_depth=12)
+    assert unpinned.features is not None
+    np.testing.assert_array_equal(unpinned.features, a.features)
+    bands = pl.channel_band_stack(frame8, config)
+    assert bands.shape == (220, 300, c) and bands.flags.c_contiguous
+    np.testing.assert_array_equal(a.features, pl.ssn_features(bands, config).transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        a.features, pl.ssn_features_reference(bands, config).transpose(2, 0, 1)
+    )
+    # QC, normalised image, mask and confluence come from the channel mean.
+    assert a.qc.mean_v == pytest.approx(float(frame8.astype(np.float64).mean()))
+    mean_image = np.floor(frame8.astype(np.float64).mean(axis=2) + 0.5).astype(np.uint8)
+    assert a.normalised is not None and a.mask is not None
+    np.testing.assert_array_equal(a.normalised, pl.normalise(mean_image, DEFAULT))
+    np.testing.assert_array_equal(a.mask, pl.foreground_mask(a.normalised, config))
+    assert a.confluence_pct == pytest.approx(100.0 * a.mask.mean())
+    assert a.qc.focus_score == pytest.approx(pl.focus_score(a.normalised))
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])
+def test_channel_bands_equal_the_intensity_band_of_each_channel_alone(c: int) -> None:
+    frame8 = pl.to_uint8(_channel_frame(c, 300, 410, seed=c), 12)
+    for config in (CHANNELS, dataclasses.replace(CHANNELS, contrast="equalize", height=90)):
+        bands = pl.channel_band_stack(frame8, config)
+        single = dataclasses.replace(config, band_source="filter_bank", bands=("intensity",))
+        for i in range(c):
+            alone = pl.band_stack(pl.normalise(frame8[:, :, i], single), single)
+            np.testing.assert_array_equal(
+                bands[..., i].view(np.uint32), alone[..., 0].view(np.uint32)
+            )
+        # Channels are independent: changing one leaves the other bands alone.
+        other = frame8.copy()
+        other[..., 0] = 255 - other[..., 0]
+        changed = pl.channel_band_stack(other, config)
+        np.testing.assert_array_equal(changed[..., 1:], bands[..., 1:])
+        assert not np.array_equal(changed[..., 0], bands[..., 0])
+
+
+def test_channels_mode_with_identical_channels_matches_the_grey_path() -> None:
+    grey = _textured_frame(240, 330, seed=4)
+    stacked = np.repeat(grey[:, :, None], 3, axis=2)
+    ws1 = dataclasses.replace(CHANNELS, ws=1)
+    got = pl.prepare(stacked, ws1)
+    want = pl.prepare(grey, dataclasses.replace(_INTENSITY_ONLY, ws=1))
+    assert got.qc == want.qc
+    assert got.normalised is not None and want.normalised is not None
+    np.testing.assert_array_equal(got.normalised, want.normalised)
+    assert got.mask is not None and want.mask is not None
+    np.testing.assert_array_equal(got.mask, want.mask)
+    assert got.confluence_pct == want.confluence_pct
+    assert got.features is not None and want.features is not None
+    for i in range(3):  # without SSN each band is the grey frame's filtered intensity band
+        np.testing.assert_array_equal(got.features[i], want.features[0])
+
+
+def test_channels_mode_does_not_treat_three_channels_as_colour() -> None:
+    frame = np.full((60, 80, 3), 100, np.uint8)
+    frame[..., 0] = 255  # one saturated channel: HSV V would be 255 everywhere
+    colour = pl.quality_check(frame, DEFAULT)
+    assert colour.excluded and colour.mean_v == pytest.approx(255.0)
+    qc = pl.quality_check(frame, CHANNELS)
+    assert not qc.excluded  # mean over channels, not the brightest one
+    assert qc.mean_v == pytest.approx((255.0 + 100.0 + 100.0) / 3.0)
+    # Luma would weight B, G and R 0.114 / 0.587 / 0.299; the channel mean weights them equally.
+    frame8 = pl.to_uint8(_channel_frame(3, 120, 160), 12)
+    norm = pl.normalise(frame8, CHANNELS)
+    mean_image = np.floor(frame8.astype(np.float64).mean(axis=2) + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(norm, pl.normalise(mean_image, DEFAULT))
+    assert not np.array_equal(norm, pl.normalise(frame8, DEFAULT))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    frame=hnp.arrays(
+        np.uint8, st.tuples(st.integers(1, 16), st.integers(1, 16), st.integers(2, 5))
+    ),
+    max_v=st.floats(1.0, 255.0),
+)
+def test_qc_channels_excluded_iff_mean_over_channels_above_max(
+    frame: np.ndarray, max_v: float
+) -> None:
+    config = PipelineConfig(max_mean_v=max_v, min_mean_v=0.0, band_source="channels")
+    qc = pl.quality_check(frame, config)
+    assert qc.mean_v == pytest.approx(float(frame.astype(np.float64).mean()))
+    assert qc.excluded == (qc.mean_v > max_v)
+    result = pl.prepare(frame, dataclasses.replace(config, height=8, width=10))
+    assert result.qc.excluded == qc.excluded
+    assert (result.features is None) == qc.excluded
+    if result.features is not None:
+        assert result.features.shape == (frame.shape[2], 8, 10)
+
+
+@pytest.mark.parametrize(("ws", "k", "lam"), [(3, 8, 0.0), (5, 12, 0.5), (9, 12, 0.5)])
+@pytest.mark.parametrize("backend", _BACKENDS)
+def test_channel_features_select_exactly_the_oracle_neighbours(
+    ws: int,
+    k: int,
+    lam: float,
+    backend: tuple[pl.SSNBackend, int | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name, strip_rows = backend
+    if strip_rows is not None:
+        monkeypatch.setattr(pl, "_STRIP_ROWS", strip_rows)
+    frame = _channel_frame(4, 66, 78, seed=ws + k)
+    config = PipelineConfig(
+        band_source="channels", channels=4, height=11, width=13, ws=ws, k=k, spatial_weight=lam
+    )
+    cube = pl.channel_band_stack(pl.to_uint8(frame, 12), config)
+    assert cube.shape == (11, 13, 4)
+    want, want_selected = _ssn_oracle_f32(cube, ws, k, lam)
+
+    planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
+    selected = np.zeros_like(want_selected)
+    got = pl._ssn_mean(planes, ws, k, lam, masks_out=selected, backend=name)
+    np.testing.assert_array_equal(selected, want_selected)
+    np.testing.assert_array_equal(got.transpose(1, 2, 0), want)
+    prepared = pl.prepare(frame, config, bit_depth=12)
+    assert prepared.features is not None
+    np.testing.assert_array_equal(prepared.features.transpose(1, 2, 0), want)
+    np.testing.assert_allclose(want, _ssn_oracle(cube, ws, k, lam), atol=1e-5)
+
+
+def test_channels_rejections() -> None:
+    with pytest.raises(ValueError, match=r"C >= 2.*got shape \(40, 50\)"):
+        pl.prepare(np.zeros((40, 50), np.uint8), CHANNELS)
+    with pytest.raises(ValueError, match="C >= 2"):
+        pl.prepare(np.zeros((40, 50, 1), np.uint8), CHANNELS)
+    pinned = dataclasses.replace(CHANNELS, channels=4)
+    with pytest.raises(ValueError, match=r"3 channels but config\.channels is 4"):
+        pl.prepare(np.full((40, 50, 3), 100, np.uint16), pinned, bit_depth=12)
+    with pytest.raises(ValueError, match=r"5 channels but config\.channels is 4"):
+        pl.channel_band_stack(np.zeros((40, 50, 5), np.uint8), pinned)
+    with pytest.raises(ValueError, match=r"5 channels but config\.channels is 4"):
+        pl.quality_check(np.zeros((40, 50, 5), np.uint8), pinned)
+    with pytest.raises(ValueError, match="uint8"):
+        pl.channel_band_stack(np.zeros((40, 50, 2), np.uint16), CHANNELS)
+    with pytest.raises(ValueError, match="C >= 2"):
+        pl.channel_band_stack(np.zeros((40, 50), np.uint8), CHANNELS)
+    # The default (filter-bank) path still refuses several channels, and says what to use.
+    with pytest.raises(ValueError, match="band_source='channels'"):
+        pl.prepare(np.zeros((40, 50, 4), np.uint8), DEFAULT)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"band_source": "rgb"}, "band_source"),
+        ({"channels": 4}, "band_source='channels' only"),
+        ({"band_source": "channels", "channels": 1}, "channels must be >= 2"),
+        ({"band_source": "channels", "channels": 2.5}, "channels must be an integer"),
+        ({"band_source": "channels", "channels": True}, "channels must be an integer"),
+    ],
+)
+def test_config_rejects_bad_channel_settings(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PipelineConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_channel_config_round_trips_and_old_dicts_still_load() -> None:
+    config = PipelineConfig(band_source="channels", channels=np.int64(4), ws=5, k=8)  # type: ignore[arg-type]
+    assert config.channels == 4 and type(config.channels) is int
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["band_source"] == "channels" and data["channels"] == 4
+    assert PipelineConfig.from_dict(data) == config
+    assert DEFAULT.to_dict()["band_source"] == "filter_bank"
+    assert DEFAULT.to_dict()["channels"] is None
+    # A config written before these keys existed (the bundled model's metadata): defaults.
+    old = {k: v for k, v in DEFAULT.to_dict().items() if k not in ("band_source", "channels")}
+    restored = PipelineConfig.from_dict(json.loads(json.dumps(old)))
+    assert restored == DEFAULT and restored.band_source == "filter_bank"
+    assert restored.channels is None
+    # in_bands follows band_names: the filter bank, or one band per channel.
+    assert DEFAULT.band_names() == DEFAULT.bands
+    assert config.band_names() == ("channel_0", "channel_1", "channel_2", "channel_3")
+    assert CHANNELS.band_names(n_channels=2) == ("channel_0", "channel_1")
+    with pytest.raises(ValueError, match="n_channels"):
+        CHANNELS.band_names()
+    with pytest.raises(ValueError, match="expects 4"):
+        config.band_names(n_channels=3)
+    with pytest.raises(ValueError, match="C >= 2"):
+        CHANNELS.band_names(n_channels=1)
+
+
+def test_bundled_model_config_loads_as_the_default_filter_bank() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(BUNDLED_MODEL), providers=["CPUExecutionProvider"])
+    stored = json.loads(session.get_modelmeta().custom_metadata_map["pipeline_config"])
+    assert "band_source" not in stored  # written before band_source existed
+    config = PipelineConfig.from_dict(stored)
+    assert config.band_source == "filter_bank" and config.channels is None
+    assert pl.FEATURE_VERSION == "1"
+
+
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models/repository/hscnn-sim/1/model.onnx"
 
 
