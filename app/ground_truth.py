@@ -18,9 +18,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,6 +29,8 @@ from app.orm import FctMeasurement, ManualCall, Plate, Well
 from hardware.plate import SBS_96, PlateGeometry, WellNameError
 
 FCT_THRESHOLD_PCT = 95.0
+
+T = TypeVar("T")
 
 
 def fct_label(cd73_pct: float, cd90_pct: float) -> str:
@@ -166,76 +168,85 @@ def _well(
     return name
 
 
-def validate_fct(
-    records: Iterable[Mapping[str, Any]], geometry: PlateGeometry = SBS_96
-) -> list[FctRow]:
-    """Check every record; raise :class:`UploadError` listing all problems, or return rows."""
+def _validate(
+    records: Iterable[Mapping[str, Any]],
+    geometry: PlateGeometry,
+    parse_row: Callable[[Mapping[str, Any], int, str | None, list[RowError]], T | None],
+) -> list[T]:
+    """Check every record with ``parse_row`` (after the shared well checks); raise
+    :class:`UploadError` listing all problems, or return the parsed rows."""
     errors: list[RowError] = []
-    rows: list[FctRow] = []
+    rows: list[T] = []
     seen: dict[str, int] = {}
     for row_number, record in enumerate(records, start=1):
         if not isinstance(record, Mapping):
             errors.append(RowError(row_number, "row", f"expected an object, got {record!r}"))
             continue
         well = _well(record.get("well"), row_number, seen, geometry, errors)
-        percentages = {}
-        for field in ("cd73_pct", "cd90_pct"):
-            value = _number(record.get(field), row_number, field, errors)
-            if value is not None and not 0.0 <= value <= 100.0:
-                errors.append(RowError(row_number, field, f"{value} is outside 0..100 %"))
-                value = None
-            percentages[field] = value
-        event_count: int | None = None
-        raw_events = record.get("event_count")
-        if raw_events not in (None, ""):
-            number = _number(raw_events, row_number, "event_count", errors)
-            if number is not None and (number < 0 or number != int(number)):
-                errors.append(
-                    RowError(
-                        row_number,
-                        "event_count",
-                        f"expected a whole number >= 0, got {raw_events!r}",
-                    )
-                )
-            elif number is not None:
-                event_count = int(number)
-        if well and percentages["cd73_pct"] is not None and percentages["cd90_pct"] is not None:
-            rows.append(FctRow(well, percentages["cd73_pct"], percentages["cd90_pct"], event_count))
+        row = parse_row(record, row_number, well, errors)
+        if row is not None:
+            rows.append(row)
     if not rows and not errors:
         errors.append(RowError(0, "rows", "the upload holds no rows"))
     if errors:
         raise UploadError(errors)
     return rows
+
+
+def _fct_row(
+    record: Mapping[str, Any], row_number: int, well: str | None, errors: list[RowError]
+) -> FctRow | None:
+    percentages = {}
+    for field in ("cd73_pct", "cd90_pct"):
+        value = _number(record.get(field), row_number, field, errors)
+        if value is not None and not 0.0 <= value <= 100.0:
+            errors.append(RowError(row_number, field, f"{value} is outside 0..100 %"))
+            value = None
+        percentages[field] = value
+    event_count: int | None = None
+    raw_events = record.get("event_count")
+    if raw_events not in (None, ""):
+        number = _number(raw_events, row_number, "event_count", errors)
+        if number is not None and (number < 0 or number != int(number)):
+            message = f"expected a whole number >= 0, got {raw_events!r}"
+            errors.append(RowError(row_number, "event_count", message))
+        elif number is not None:
+            event_count = int(number)
+    cd73, cd90 = percentages["cd73_pct"], percentages["cd90_pct"]
+    if well and cd73 is not None and cd90 is not None:
+        return FctRow(well, cd73, cd90, event_count)
+    return None
+
+
+def _manual_row(
+    record: Mapping[str, Any], row_number: int, well: str | None, errors: list[RowError]
+) -> ManualRow | None:
+    label = record.get("label")
+    label = label.strip().lower() if isinstance(label, str) else label
+    if label not in ("high", "low"):
+        errors.append(RowError(row_number, "label", f"expected 'high' or 'low', got {label!r}"))
+    seconds: float | None = None
+    if record.get("seconds_spent") not in (None, ""):
+        seconds = _number(record.get("seconds_spent"), row_number, "seconds_spent", errors)
+        if seconds is not None and seconds < 0:
+            errors.append(RowError(row_number, "seconds_spent", f"{seconds} is negative"))
+    if well and label in ("high", "low"):
+        return ManualRow(well, str(label), seconds)
+    return None
+
+
+def validate_fct(
+    records: Iterable[Mapping[str, Any]], geometry: PlateGeometry = SBS_96
+) -> list[FctRow]:
+    """FCT rows: ``well``, ``cd73_pct`` and ``cd90_pct`` in 0..100, optional ``event_count``."""
+    return _validate(records, geometry, _fct_row)
 
 
 def validate_manual(
     records: Iterable[Mapping[str, Any]], geometry: PlateGeometry = SBS_96
 ) -> list[ManualRow]:
-    """Check manual calls: ``well``, ``label`` (high|low), optional ``seconds_spent`` >= 0."""
-    errors: list[RowError] = []
-    rows: list[ManualRow] = []
-    seen: dict[str, int] = {}
-    for row_number, record in enumerate(records, start=1):
-        if not isinstance(record, Mapping):
-            errors.append(RowError(row_number, "row", f"expected an object, got {record!r}"))
-            continue
-        well = _well(record.get("well"), row_number, seen, geometry, errors)
-        label = record.get("label")
-        label = label.strip().lower() if isinstance(label, str) else label
-        if label not in ("high", "low"):
-            errors.append(RowError(row_number, "label", f"expected 'high' or 'low', got {label!r}"))
-        seconds: float | None = None
-        if record.get("seconds_spent") not in (None, ""):
-            seconds = _number(record.get("seconds_spent"), row_number, "seconds_spent", errors)
-            if seconds is not None and seconds < 0:
-                errors.append(RowError(row_number, "seconds_spent", f"{seconds} is negative"))
-        if well and label in ("high", "low"):
-            rows.append(ManualRow(well, str(label), seconds))
-    if not rows and not errors:
-        errors.append(RowError(0, "rows", "the upload holds no rows"))
-    if errors:
-        raise UploadError(errors)
-    return rows
+    """Manual calls: ``well``, ``label`` (high|low), optional ``seconds_spent`` >= 0."""
+    return _validate(records, geometry, _manual_row)
 
 
 def manual_records_from_csv(text: str) -> list[dict[str, Any]]:

@@ -4,8 +4,10 @@ uploads (FCT, manual calls) and evaluation against FCT."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import contains_eager, joinedload
@@ -19,6 +21,7 @@ from app.api.schemas import (
     WellResultPublic,
 )
 from app.auth import audit
+from app.classifier import WellClassifier
 from app.db import session_scope
 from app.evaluation import NothingToEvaluateError, evaluate_plate
 from app.ground_truth import (
@@ -153,9 +156,7 @@ def well_image(
     field: FieldQuery = 0,
 ) -> Response:
     """The field as acquired, scaled to 8 bits for display."""
-    image = _field_image(session, barcode, well, scan_id, field)
-    frame = runtime.image_store.load(image.path)
-    return Response(image_png(frame, runtime.classifier), media_type="image/png")
+    return _field_png(image_png, session, runtime, barcode, well, scan_id, field)
 
 
 @router.get("/{barcode}/wells/{well}/overlay", response_class=Response, responses=PNG)
@@ -169,9 +170,21 @@ def well_overlay(
     field: FieldQuery = 0,
 ) -> Response:
     """The model's per-pixel call (green high, red low) over the normalised field."""
+    return _field_png(overlay_png, session, runtime, barcode, well, scan_id, field)
+
+
+def _field_png(
+    render: Callable[[np.ndarray, WellClassifier], bytes],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    barcode: str,
+    well: str,
+    scan_id: int | None,
+    field: int,
+) -> Response:
     image = _field_image(session, barcode, well, scan_id, field)
     frame = runtime.image_store.load(image.path)
-    return Response(overlay_png(frame, runtime.classifier), media_type="image/png")
+    return Response(render(frame, runtime.classifier), media_type="image/png")
 
 
 async def _records(request: Request, csv_parser: Any) -> list[dict[str, Any]]:
