@@ -29,6 +29,7 @@ from app.orm import FctMeasurement, ManualCall, Plate, Well
 from hardware.plate import SBS_96, PlateGeometry, WellNameError
 
 FCT_THRESHOLD_PCT = 95.0
+MAX_EVENTS = 2**31 - 1  # the event_count column is a 32-bit integer
 
 T = TypeVar("T")
 
@@ -207,8 +208,8 @@ def _fct_row(
     raw_events = record.get("event_count")
     if raw_events not in (None, ""):
         number = _number(raw_events, row_number, "event_count", errors)
-        if number is not None and (number < 0 or number != int(number)):
-            message = f"expected a whole number >= 0, got {raw_events!r}"
+        if number is not None and (number < 0 or number != int(number) or number > MAX_EVENTS):
+            message = f"expected a whole number in 0..{MAX_EVENTS}, got {raw_events!r}"
             errors.append(RowError(row_number, "event_count", message))
         elif number is not None:
             event_count = int(number)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.api.schemas import ScanCreate
@@ -77,10 +77,23 @@ class ScanStateError(ValueError):
 
 
 def cancel_scan(session: Session, scan: Scan) -> None:
-    """Cancel a queued or running scan; the worker stops before its next well."""
-    if scan.status.finished:
+    """Cancel a queued or running scan; the worker stops before its next well.
+
+    One conditional UPDATE, so a scan that finishes at the same moment is never turned from
+    completed into cancelled (nor a confirmed cancel into completed: the worker's own finish is
+    conditional too).
+    """
+    result = session.execute(
+        update(Scan)
+        .where(Scan.id == scan.id, Scan.status.in_([ScanStatus.queued, ScanStatus.running]))
+        .values(
+            status=ScanStatus.cancelled,
+            finished_at=datetime.now(UTC),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        session.refresh(scan)
         raise ScanStateError(f"scan {scan.id} is already {scan.status.value}")
-    scan.status = ScanStatus.cancelled
-    scan.finished_at = datetime.now(UTC)
-    scan.lease_owner = None
-    scan.lease_expires_at = None
+    session.refresh(scan)

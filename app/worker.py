@@ -15,6 +15,7 @@ result impossible. One scan runs per microscope at a time; the others wait in id
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.classifier import WellCall, WellClassifier
@@ -56,6 +57,12 @@ class WorkerContext:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _lock_key(microscope: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory lock on a microscope."""
+    digest = hashlib.sha256(microscope.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class ScanWorker:
@@ -135,24 +142,36 @@ class ScanWorker:
         return True
 
     def _claimable(self, now: datetime) -> object:
-        expired = and_(Scan.status == ScanStatus.running, Scan.lease_expires_at < now)
+        # A running scan without a lease (left by a version before leases) counts as expired.
+        lapsed = or_(Scan.lease_expires_at.is_(None), Scan.lease_expires_at < now)
+        expired = and_(Scan.status == ScanStatus.running, lapsed)
         return and_(
             Scan.microscope == self.context.microscope_name,
             or_(Scan.status == ScanStatus.queued, expired),
         )
 
+    def _busy(self, session: Session, now: datetime) -> bool:
+        """Another worker holds a live lease on a scan of this microscope."""
+        other = session.scalar(
+            select(Scan.id).where(
+                Scan.microscope == self.context.microscope_name,
+                Scan.status == ScanStatus.running,
+                Scan.lease_expires_at >= now,
+                Scan.lease_owner != self.owner,
+            )
+        )
+        return other is not None
+
     def _claim(self) -> int | None:
         now = _now()
         with session_scope(self.context.session_factory) as session:
-            busy = session.scalar(
-                select(Scan.id).where(
-                    Scan.microscope == self.context.microscope_name,
-                    Scan.status == ScanStatus.running,
-                    Scan.lease_expires_at >= now,
-                    Scan.lease_owner != self.owner,
+            if session.get_bind().dialect.name == "postgresql":
+                # Claims on one microscope are serialised; released at commit.
+                session.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": _lock_key(self.context.microscope_name)},
                 )
-            )
-            if busy is not None:
+            if self._busy(session, now):
                 return None  # another live worker drives this microscope
             # Interrupted scans first (they were started earlier), then the queue in order.
             candidates = session.scalars(
@@ -171,11 +190,19 @@ class ScanWorker:
                         lease_expires_at=now + timedelta(seconds=self.lease_seconds),
                     )
                 )
-                if getattr(claimed, "rowcount", 0) == 1:
-                    scan = session.get_one(Scan, scan_id)
-                    scan.started_at = scan.started_at or now
-                    scan.model_version_id = self.context.model_version_id
-                    return scan_id
+                if getattr(claimed, "rowcount", 0) != 1:
+                    return None  # another worker claimed it first; try again next poll
+                if self._busy(session, now):
+                    # Another worker's claim committed in the meantime (SQLite serialises
+                    # writers only at the UPDATE): back off, keeping one scan per microscope.
+                    session.rollback()
+                    return None
+                scan = session.get_one(Scan, scan_id)
+                scan.started_at = scan.started_at or now
+                # The model that started the scan stays its model of record; each well
+                # result records the model that actually classified it.
+                scan.model_version_id = scan.model_version_id or self.context.model_version_id
+                return scan_id
         return None
 
     def renew_lease(self, scan_id: int) -> bool:
@@ -289,19 +316,26 @@ class ScanWorker:
             return scan.wells_done
 
     def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> None:
+        """Record the outcome, only if the scan is still running under our lease (a cancel
+        or another worker's takeover wins)."""
         with session_scope(self.context.session_factory) as session:
-            scan = session.get_one(Scan, scan_id)
-            if scan.status == ScanStatus.cancelled:
-                scan.finished_at = scan.finished_at or _now()
-                return
-            if scan.lease_owner != self.owner:
-                return  # someone else owns it now; they will finish it
-            scan.status = status
-            scan.error = error
-            scan.finished_at = _now()
-            scan.lease_owner = None
-            scan.lease_expires_at = None
-        logger.info("scan %d %s", scan_id, status.value)
+            result = session.execute(
+                update(Scan)
+                .where(
+                    Scan.id == scan_id,
+                    Scan.status == ScanStatus.running,
+                    Scan.lease_owner == self.owner,
+                )
+                .values(
+                    status=status,
+                    error=error,
+                    finished_at=_now(),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        if getattr(result, "rowcount", 0) == 1:
+            logger.info("scan %d %s", scan_id, status.value)
 
 
 def _result_row(

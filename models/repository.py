@@ -77,7 +77,11 @@ class ModelRepository:
         return sorted(
             int(p.name)
             for p in directory.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / MODEL_FILENAME).is_file()
+            # A version is published once its card exists (publish writes the card last).
+            if p.is_dir()
+            and p.name.isdigit()
+            and (p / MODEL_FILENAME).is_file()
+            and (p / CARD_FILENAME).is_file()
         )
 
     def get(self, name: str, version: int | None = None) -> ModelArtifact:
@@ -93,9 +97,16 @@ class ModelRepository:
         return ModelArtifact(name, chosen, self.root / name / str(chosen))
 
     def new_version_dir(self, name: str) -> tuple[int, Path]:
-        """Create and return the directory of the next version of ``name``."""
-        versions = self.versions(name)
-        version = (versions[-1] + 1) if versions else 1
+        """Create and return the directory of the next version of ``name``.
+
+        Counts every numbered folder, published or still being written, so two runs never
+        take the same number.
+        """
+        parent = self.root / name
+        taken = (
+            [int(p.name) for p in parent.iterdir() if p.name.isdigit()] if parent.is_dir() else []
+        )
+        version = max(taken, default=0) + 1
         directory = self.root / name / str(version)
         directory.mkdir(parents=True, exist_ok=False)
         return version, directory

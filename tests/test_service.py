@@ -375,3 +375,22 @@ def test_a_retraining_run_started_from_the_api_publishes_a_new_version(tmp_path,
         activated = client.post("/api/v1/models/hscnn-sim/2/activate", headers={"X-API-Key": admin})
         assert activated.status_code == 200
         assert client.get("/api/v1/health").json()["model"]["version"] == "2"
+
+
+def test_upload_edge_cases_are_4xx_not_5xx(service):
+    client = service.client
+    huge = "well,cd73_pct,cd90_pct,event_count\nA1,99,99,10000000000000000000\n"
+    response = client.put(
+        "/api/v1/plates/EDGE-1/fct", content=huge, headers={"Content-Type": "text/csv"}
+    )
+    assert (
+        response.status_code == 422
+        and response.json()["detail"]["errors"][0]["field"] == "event_count"
+    )
+    long_barcode = "B" * 80
+    ok_body = "well,cd73_pct,cd90_pct\nA1,99,99\n"
+    response = client.put(
+        f"/api/v1/plates/{long_barcode}/fct", content=ok_body, headers={"Content-Type": "text/csv"}
+    )
+    assert response.status_code == 422
+    assert _count(service, FctMeasurement) == 0

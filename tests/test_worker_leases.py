@@ -53,3 +53,34 @@ def test_one_scan_per_microscope_in_order_and_takeover_after_lease_expiry(settin
         assert second._claim() == ids[1]
     finally:
         runtime.close()
+
+
+def test_a_cancel_cannot_be_undone_by_the_worker_finishing(settings):
+    """The worker's final write is conditional: a scan cancelled meanwhile stays cancelled."""
+    from app.scans import ScanStateError, cancel_scan
+
+    settings.microscope = "simulated"
+    runtime = build_runtime(settings)
+    try:
+        with session_scope(runtime.session_factory) as session:
+            scan_id = create_scan(
+                session,
+                ScanCreate(plate_barcode="RACE-1", wells=["A1"]),
+                microscope=runtime.microscope_name,
+            ).id
+        worker = runtime.worker
+        assert worker._claim() == scan_id
+        with session_scope(runtime.session_factory) as session:
+            cancel_scan(session, session.get_one(Scan, scan_id))
+        worker._finish(scan_id, ScanStatus.completed, None)
+        with session_scope(runtime.session_factory) as session:
+            scan = session.get_one(Scan, scan_id)
+            assert scan.status == ScanStatus.cancelled
+            try:
+                cancel_scan(session, scan)
+            except ScanStateError as exc:
+                assert "already cancelled" in str(exc)
+            else:
+                raise AssertionError("cancelling twice must fail")
+    finally:
+        runtime.close()

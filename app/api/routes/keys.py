@@ -43,6 +43,7 @@ def create(body: KeyCreate, session: SessionDep, caller: Admin) -> KeyCreated:
     except ValueError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     audit(session, caller.name, "key.create", f"key:{body.name}", role=body.role.value)
+    session.commit()  # before the secret leaves: the key must work the moment it is shown
     return KeyCreated(name=body.name, role=body.role, key=secret)
 
 

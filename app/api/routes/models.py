@@ -14,6 +14,7 @@ from app.db import session_scope
 from app.orm import ModelVersion, TrainingRun
 from app.training_runs import start_training_run, training_run_view
 from models.repository import ModelNotFoundError
+from models.runtime import RuntimeUnavailableError
 
 router = APIRouter(tags=["models"])
 
@@ -62,7 +63,9 @@ def activate_model(
         row = runtime.activate_model(name, version)
     except ModelNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
-    except ValueError as exc:
+    except RuntimeUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+    except (ValueError, RuntimeError) as exc:  # failed parity; weights changed under a version
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     with session_scope(runtime.session_factory) as session:
         audit(session, caller.name, "model.activate", f"model:{name}:{version}")

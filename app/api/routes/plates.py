@@ -8,12 +8,13 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import contains_eager, joinedload
 
 from app.api.deps import Operator, RuntimeDep, SessionDep, Viewer
 from app.api.schemas import (
+    BARCODE_PATTERN,
     FctWellPublic,
     PlateWellsPublic,
     ScanPublic,
@@ -42,6 +43,7 @@ from hardware.plate import SBS_96, WellNameError
 router = APIRouter(prefix="/plates", tags=["plates"])
 
 ScanIdQuery = Annotated[int | None, Query(description="A given scan; default: the latest.")]
+BarcodePath = Annotated[str, Path(pattern=BARCODE_PATTERN, description="Plate barcode.")]
 
 
 def _plate_or_404(session: SessionDep, barcode: str) -> Plate:
@@ -183,7 +185,12 @@ def _field_png(
     field: int,
 ) -> Response:
     image = _field_image(session, barcode, well, scan_id, field)
-    frame = runtime.image_store.load(image.path)
+    try:
+        frame = runtime.image_store.load(image.path)
+    except FileNotFoundError as exc:
+        raise HTTPException(
+            status.HTTP_410_GONE, detail=f"the image file of {well} is gone: {image.path}"
+        ) from exc
     return Response(render(frame, runtime.classifier), media_type="image/png")
 
 
@@ -222,7 +229,7 @@ UPLOAD_BODY = {
 
 @router.put("/{barcode}/fct", response_model=UploadResult, openapi_extra=UPLOAD_BODY)
 async def upload_fct(
-    barcode: str, request: Request, runtime: RuntimeDep, caller: Operator
+    barcode: BarcodePath, request: Request, runtime: RuntimeDep, caller: Operator
 ) -> UploadResult:
     """Flow-cytometry ground truth (CSV: a cytometer export or ``well,cd73_pct,cd90_pct``;
     or JSON rows). Validated whole: any bad row is a 422 naming row and field, and nothing
@@ -240,7 +247,7 @@ async def upload_fct(
 
 @router.put("/{barcode}/manual-calls", response_model=UploadResult, openapi_extra=UPLOAD_BODY)
 async def upload_manual_calls(
-    barcode: str,
+    barcode: BarcodePath,
     request: Request,
     runtime: RuntimeDep,
     caller: Operator,

@@ -62,12 +62,15 @@ def start_scan(
             )
             audit(session, caller.name, "scan.create", f"scan:{scan.id}", **body.model_dump())
             session.commit()
-    except IntegrityError:
-        # A concurrent retry with the same key won the insert: answer with its scan.
+    except IntegrityError as exc:
+        # A concurrent retry with the same key won the insert: answer with its scan. Without a
+        # key, a concurrent first scan of the same new plate created it first: retry.
         session.rollback()
         scan = find_idempotent(session, str(idempotency_key), body) if idempotency_key else None
         if scan is None:
-            raise
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, detail="a concurrent request changed this plate; retry"
+            ) from exc
     except (WellNameError, IdempotencyConflictError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     response.headers["Location"] = f"/api/v1/scans/{scan.id}"
