@@ -340,6 +340,24 @@ def _train_for_run(run_id: int, job: Callable[[], object]) -> None:
         engine.dispose()
 
 
+# -- experiments -------------------------------------------------------------------------------
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def experiment(ctx: typer.Context) -> None:
+    """The paper's experiments (ws-k-grid, learning-curve, plate-eval, cv); `mscreen experiment
+    --help` lists them. Needs the 'train' extra."""
+    # Imported on use: the experiments need PyTorch, which the service install does not have.
+    try:
+        from training.cli import experiment_cli
+    except ImportError as exc:
+        raise UserError(
+            f"experiments need the 'train' extra: pip install 'mscreen[train]' ({exc})"
+        ) from exc
+    experiment_cli(ctx.args, prog_name="mscreen experiment")
+
+
 # -- keys --------------------------------------------------------------------------------------
 @keys_cli.command("create")
 def keys_create(

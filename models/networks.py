@@ -152,6 +152,144 @@ class SCNN(MaskedClassifier):
         return logit_map, masked_mean(logit_map, downsample_mask(mask, self.halvings))
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with a residual; ``downsample`` matches the shortcut.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        stride: stride of ``conv1`` (1 or 2); a 1x1 stride-``stride`` conv + BN projects the
+            shortcut when the stride or width changes, otherwise ``downsample`` is the identity.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.act2 = nn.ReLU()
+        self.downsample: nn.Module = (
+            nn.Sequential(
+                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs)
+            )
+            if stride != 1 or in_chs != out_chs
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.act2(x + shortcut)
+
+
+@dataclass
+class ResNetConfig:
+    """Architecture of :class:`ResNet` (ResNet-18 layout by default, narrow for CPU)."""
+
+    in_bands: int = 6
+    base_width: int = 16  # torchvision's resnet18 uses 64; 16 keeps it ~0.7 M parameters
+    layers: tuple[int, ...] = (2, 2, 2, 2)  # basic blocks per stage; stage i has width base*2**i
+    dropout: float = 0.1
+
+
+class ResNet(MaskedClassifier):
+    """ResNet-18-style trunk, fully convolutional, with a 1x1 head and masked pooling.
+
+    Every downsampling (7x7 stem conv, 3x3 max-pool, 3x3 / 1x1 stride-2 convs) maps a size n to
+    ceil(n / 2), so :func:`downsample_mask` lands on the logit map's grid (1/32 of the input
+    for the default four stages).
+    """
+
+    def __init__(self, config: ResNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.base_width
+        self.conv1 = nn.Conv2d(config.in_bands, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        stages: list[nn.Module] = []
+        for index, depth in enumerate(config.layers):
+            out_chs = config.base_width * 2**index
+            blocks: list[nn.Module] = []
+            for block in range(depth):
+                stride = 2 if index > 0 and block == 0 else 1
+                blocks.append(BasicBlock(width, out_chs, stride))
+                width = out_chs
+            stages.append(nn.Sequential(*blocks))
+        self.layers = nn.Sequential(*stages)
+        self.dropout = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(width, 1, 1)
+        self.halvings = 2 + max(len(config.layers) - 1, 0)
+
+    def forward_logits(
+        self, features: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit_map (N, 1, H/32, W/32), pooled logit (N,)) for the default four stages."""
+        x = self.maxpool(self.act1(self.bn1(self.conv1(features))))
+        logit_map = self.head(self.dropout(self.layers(x)))
+        return logit_map, masked_mean(logit_map, downsample_mask(mask, self.halvings))
+
+
+class ConvBnAct(nn.Module):
+    """3x3 conv (stride 1), optional BatchNorm, activation: one VGG layer."""
+
+    def __init__(self, in_chs: int, out_chs: int, batch_norm: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=not batch_norm)
+        self.bn = nn.BatchNorm2d(out_chs) if batch_norm else nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+@dataclass
+class VGGConfig:
+    """Architecture of :class:`VGG` (VGG-11 layout "A" with BatchNorm by default, narrow)."""
+
+    in_bands: int = 6
+    base_width: int = 16  # VGG-11 uses 64; widths are base * (1, 2, 4, 8, 8)
+    # Conv layers per stage; each stage ends in a 2x2 max-pool (ceil mode).
+    stages: tuple[int, ...] = (1, 1, 2, 2, 2)
+    batch_norm: bool = True
+    dropout: float = 0.1
+
+
+class VGG(MaskedClassifier):
+    """VGG-11-style trunk; the fully connected classifier becomes a 1x1 head + masked pooling.
+
+    The max-pools use ``ceil_mode`` so that odd sizes round up like :func:`downsample_mask`.
+    """
+
+    def __init__(self, config: VGGConfig) -> None:
+        super().__init__()
+        self.config = config
+        multipliers = (1, 2, 4, 8, 8, 8, 8)
+        layers: list[nn.Module] = []
+        width = config.in_bands
+        for index, depth in enumerate(config.stages):
+            out_chs = config.base_width * multipliers[min(index, len(multipliers) - 1)]
+            for _ in range(depth):
+                layers.append(ConvBnAct(width, out_chs, config.batch_norm))
+                width = out_chs
+            layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(width, 1, 1)
+        self.halvings = len(config.stages)
+
+    def forward_logits(
+        self, features: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit_map (N, 1, H/32, W/32), pooled logit (N,)) for the default five stages."""
+        logit_map = self.head(self.dropout(self.features(features)))
+        return logit_map, masked_mean(logit_map, downsample_mask(mask, self.halvings))
+
+
 _REGISTRY: dict[str, Callable[..., MaskedClassifier]] = {}
 
 
@@ -173,6 +311,18 @@ def scnn(in_bands: int = 6, **overrides: Any) -> SCNN:
     return SCNN(SCNNConfig(in_bands=in_bands, **overrides))
 
 
+@register("resnet18")
+def resnet18(in_bands: int = 6, base_width: int = 16, **overrides: Any) -> ResNet:
+    """ResNet-18 layout (2-2-2-2 basic blocks), ``base_width`` 16-64 (64 = torchvision's)."""
+    return ResNet(ResNetConfig(in_bands=in_bands, base_width=base_width, **overrides))
+
+
+@register("vgg11")
+def vgg11(in_bands: int = 6, base_width: int = 16, **overrides: Any) -> VGG:
+    """VGG-11 (configuration "A") with BatchNorm, ``base_width`` 16-64 (64 = the original)."""
+    return VGG(VGGConfig(in_bands=in_bands, base_width=base_width, **overrides))
+
+
 def create_model(name: str, **kwargs: Any) -> MaskedClassifier:
     """Build a registered network by name, e.g. ``create_model("scnn", in_bands=6)``."""
     try:
@@ -186,6 +336,11 @@ def architecture_of(model: nn.Module) -> dict[str, Any]:
     """The config that rebuilds ``model`` (for checkpoints and model cards)."""
     config = getattr(model, "config", None)
     return asdict(config) if config is not None else {}
+
+
+def registered_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -32,6 +32,8 @@ class ImageSet:
     groups: np.ndarray  # (N,) str: the plate barcode
     names: np.ndarray  # (N,) str: "<barcode>/<well>/f<field>"
     excluded: int = 0  # frames dropped by QC
+    # What labels 0 and 1 mean (ImageFolder: the sorted subfolder names).
+    class_names: tuple[str, ...] = ("low", "high")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,6 +45,7 @@ class ImageSet:
             self.labels[index],
             self.groups[index],
             self.names[index],
+            class_names=self.class_names,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,8 +31,21 @@ class TrainConfig:
     patience: int = 6  # epochs without validation-loss improvement before stopping
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0 = torch default)
-    augment: bool = True  # flips and 180-degree rotation (inputs are not square)
+    # Flips and 180-degree rotation; also 90/270-degree rotations where the input is square
+    # (the default 220 x 300 input is not: a quarter turn would change its shape).
+    augment: bool = True
+    # Mild intensity jitter on the intensity-like bands only (indices into the feature bands;
+    # see intensity_band_indices). Each sample's band planes f become a * f + b with
+    # a ~ U(1 - j, 1 + j), b ~ U(-j, j) (feature units: 1 = 32 grey levels). This stands in for
+    # exposure/contrast jitter of the raw frame, which cannot be redone after the pipeline has
+    # run; derived bands (gradient, LoG, local std, ...) are left alone. 0 switches it off.
+    intensity_jitter: float = 0.05
+    intensity_bands: tuple[int, ...] = ()
     balance_classes: bool = True  # weight the loss by inverse class frequency
+    # Keep the weights of the best validation-loss epoch, stopping early (True), or run every
+    # epoch and keep the last (False: for tiny validation sets, whose loss is too noisy to pick
+    # an epoch by; the cosine schedule has annealed the learning rate by then).
+    restore_best: bool = True
 
 
 @dataclass
@@ -58,16 +72,42 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+# Bands whose values are (smoothed) grey levels, so an exposure change scales and shifts them.
+INTENSITY_LIKE_BANDS = frozenset({"intensity", "gauss_1", "gauss_2", "gauss_4"})
+
+
+def intensity_band_indices(bands: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the intensity-like bands in a pipeline's ``bands`` (for intensity jitter)."""
+    return tuple(i for i, name in enumerate(bands) if name in INTENSITY_LIKE_BANDS)
+
+
 def _augment(
-    features: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    config: TrainConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal/vertical flips per sample (both together = 180-degree rotation)."""
-    flip_h = torch.rand(features.shape[0], generator=generator) < 0.5
-    flip_v = torch.rand(features.shape[0], generator=generator) < 0.5
+    """Random flips per sample (both = 180-degree rotation), quarter turns where the input is
+    square, and intensity jitter on ``config.intensity_bands``; ``features`` (N, B, H, W)."""
+    n = features.shape[0]
+    flip_h = torch.rand(n, generator=generator) < 0.5
+    flip_v = torch.rand(n, generator=generator) < 0.5
     features = torch.where(flip_h[:, None, None, None], features.flip(-1), features)
     masks = torch.where(flip_h[:, None, None, None], masks.flip(-1), masks)
     features = torch.where(flip_v[:, None, None, None], features.flip(-2), features)
     masks = torch.where(flip_v[:, None, None, None], masks.flip(-2), masks)
+    if features.shape[-1] == features.shape[-2]:
+        # With the flips above, a quarter turn or none reaches all 8 symmetries of the square.
+        turn = (torch.rand(n, generator=generator) < 0.5)[:, None, None, None]
+        features = torch.where(turn, features.rot90(1, (-2, -1)), features)
+        masks = torch.where(turn, masks.rot90(1, (-2, -1)), masks)
+    if config is not None and config.intensity_jitter > 0 and config.intensity_bands:
+        j = config.intensity_jitter
+        bands = list(config.intensity_bands)
+        gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * j
+        shift = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * j
+        features = features.clone()
+        features[:, bands] = features[:, bands] * gain + shift
     return features, masks
 
 
@@ -77,16 +117,40 @@ def _pos_weight(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(negatives / positives, dtype=torch.float32)
 
 
+def _symmetries(square: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The flips (and, for square inputs, transposes) that training augmentation draws from."""
+    flips: list[Callable[[torch.Tensor], torch.Tensor]] = [
+        lambda x: x,
+        lambda x: x.flip(-1),
+        lambda x: x.flip(-2),
+        lambda x: x.flip(-1).flip(-2),
+    ]
+    if not square:
+        return flips
+    return flips + [lambda x, f=f: f(x).rot90(1, (-2, -1)) for f in flips]
+
+
 @torch.no_grad()
-def predict(model: MaskedClassifier, data: ImageSet, batch_size: int = 32) -> np.ndarray:
-    """P(high) for every image, (N,) float32."""
+def predict(
+    model: MaskedClassifier, data: ImageSet, batch_size: int = 32, *, tta: bool = False
+) -> np.ndarray:
+    """P(high) for every image, (N,) float32.
+
+    ``tta``: average the probability over the symmetries used in augmentation (4 flips, or all
+    8 for square inputs). The service scores one orientation; use it for offline studies only.
+    """
     model.eval()
     out = []
+    square = data.features.shape[-1] == data.features.shape[-2]
+    transforms = _symmetries(square) if tta else _symmetries(False)[:1]
     for start in range(0, len(data), batch_size):
         features = torch.from_numpy(data.features[start : start + batch_size])
         masks = torch.from_numpy(data.masks[start : start + batch_size])
-        _, probability = model(features, masks)
-        out.append(probability.numpy())
+        total = torch.zeros(features.shape[0])
+        for transform in transforms:
+            _, probability = model(transform(features), transform(masks))
+            total += probability
+        out.append((total / len(transforms)).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -143,7 +207,7 @@ def train(
                 continue
             features, masks = features_all[index], masks_all[index]
             if config.augment:
-                features, masks = _augment(features, masks, generator)
+                features, masks = _augment(features, masks, generator, config)
             loss = F.binary_cross_entropy_with_logits(
                 _pooled_logit(model, features, masks), labels_all[index], pos_weight=pos_weight
             )
@@ -175,9 +239,12 @@ def train(
         )
         if val_loss < best_loss - 1e-4:
             best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= config.patience:
+        elif config.restore_best and epoch - best_epoch >= config.patience:
             logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
-    model.load_state_dict(best_state)
+    if config.restore_best:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history) - 1
     model.eval()
     return TrainResult(model, best_epoch, history, time.perf_counter() - started, config)

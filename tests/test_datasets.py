@@ -1,0 +1,210 @@
+"""Datasets from an ImageFolder tree and from labelled plates in the app DB (tiny files)."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.pipeline import PipelineConfig, prepare
+from training.datasets import (
+    CELLTYPE_GROUP_PATTERN,
+    database_image_set,
+    image_folder_set,
+    read_frame,
+)
+
+PIPELINE = PipelineConfig(height=32, width=32, ws=3, k=4)
+
+
+def _cells(seed: int, size: int = 48, dtype: type = np.uint8) -> np.ndarray:
+    """A textured frame that passes QC: a mid-grey background with dark blobs."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size), 140.0) + rng.normal(0, 6, (size, size))
+    for _ in range(4):
+        y, x = rng.integers(6, size - 6, 2)
+        cv2.circle(image, (int(x), int(y)), 5, 60.0, -1)
+    image8 = np.clip(image, 0, 255).astype(np.uint8)
+    if dtype == np.uint16:
+        return image8.astype(np.uint16) * np.uint16(257)  # exactly 8-bit data in 16 bits
+    return image8
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "data"
+    _write(root / "293A" / "293A-000007.j-1-12.png", _cells(0))
+    _write(root / "293A" / "293A-000007.j-2-13.tif", _cells(1, dtype=np.uint16))
+    _write(root / "293A" / "293A-000008.j-1-14.jpg", _cells(2))
+    colour = cv2.cvtColor(_cells(3), cv2.COLOR_GRAY2BGR)
+    _write(root / "HT1080" / "HT1080-000000-1-1.png", colour)
+    bgra = cv2.cvtColor(_cells(4), cv2.COLOR_GRAY2BGRA)
+    _write(root / "HT1080" / "HT1080-000000-2-2.png", bgra)
+    _write(root / "HT1080" / "HT1080-000003-1-3.tiff", _cells(5, dtype=np.uint16))
+    (root / "HT1080" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_set_reads_every_layout_with_groups(folder):
+    data = image_folder_set(folder, PIPELINE, group_by=CELLTYPE_GROUP_PATTERN, workers=1)
+    assert data.class_names == ("293A", "HT1080")
+    assert data.features.shape == (6, len(PIPELINE.bands), 32, 32)
+    assert data.masks.shape == (6, 1, 32, 32)
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.groups.tolist() == [
+        "293A-000007",
+        "293A-000007",
+        "293A-000008",
+        "HT1080-000000",
+        "HT1080-000000",
+        "HT1080-000003",
+    ]
+    assert data.names[0] == "293A/293A-000007.j-1-12"
+    assert np.isfinite(data.features).all()
+    # Identical to the serving pipeline on the same frame.
+    served = prepare(_cells(0), PIPELINE)
+    assert np.array_equal(served.features, data.features[0])
+    # A 16-bit copy of an 8-bit frame (x 257) prepares to the same 8-bit image.
+    same = prepare(_cells(1), PIPELINE)
+    assert np.array_equal(same.features, data.features[1])
+
+
+def test_default_group_is_the_whole_stem(folder):
+    data = image_folder_set(folder, PIPELINE, workers=1, progress=False)
+    assert len(set(data.groups)) == 6
+    assert data.groups[3] == "HT1080/HT1080-000000-1-1"
+
+
+def test_named_group_and_pattern_mismatch(folder):
+    data = image_folder_set(folder, PIPELINE, group_by=r"-(?P<group>\d+)", workers=1)
+    assert data.groups.tolist()[:3] == ["000007", "000007", "000008"]
+    with pytest.raises(ValueError, match=r"does not match file name 293A-000007\.j-1-12\.png"):
+        image_folder_set(folder, PIPELINE, group_by=r"^XYZ", workers=1)
+
+
+def test_multichannel_frames_become_grey(tmp_path, monkeypatch):
+    # OpenCV cannot *write* a 2- or 5-channel TIFF, but microscopes do; fake what imread returns.
+    planes = np.stack([_cells(0), _cells(0) // 2 + 10], axis=2).astype(np.uint16)
+    monkeypatch.setattr("training.datasets.cv2.imread", lambda path, flags: planes)
+    frame = read_frame(tmp_path / "two.tif")
+    expected = np.rint((planes[:, :, 0].astype(float) + planes[:, :, 1]) / 2).astype(np.uint16)
+    assert frame.dtype == np.uint16 and np.array_equal(frame, expected)
+    bgra = np.zeros((4, 5, 4), np.uint8)
+    monkeypatch.setattr("training.datasets.cv2.imread", lambda path, flags: bgra)
+    assert read_frame(tmp_path / "x.png").shape == (4, 5, 3)
+    floats = np.zeros((4, 5), np.float32)
+    monkeypatch.setattr("training.datasets.cv2.imread", lambda path, flags: floats)
+    with pytest.raises(ValueError, match=r"x\.tif: unsupported pixel type float32"):
+        read_frame(tmp_path / "x.tif")
+
+
+def test_clear_errors(tmp_path, folder):
+    with pytest.raises(ValueError, match="does not exist"):
+        image_folder_set(tmp_path / "nope", PIPELINE)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class subfolders"):
+        image_folder_set(tmp_path / "empty", PIPELINE)
+    _write(tmp_path / "one" / "a" / "x.png", _cells(0))
+    with pytest.raises(ValueError, match=r"only one class \(a\)"):
+        image_folder_set(tmp_path / "one", PIPELINE)
+    (tmp_path / "one" / "b").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*b has no images"):
+        image_folder_set(tmp_path / "one", PIPELINE)
+    (folder / "HT1080" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"cannot read image .*broken\.png"):
+        image_folder_set(folder, PIPELINE, workers=1)
+
+
+def test_qc_excluded_files_are_counted(tmp_path):
+    _write(tmp_path / "d" / "a" / "ok.png", _cells(0))
+    _write(tmp_path / "d" / "a" / "white.png", np.full((48, 48), 250, np.uint8))
+    _write(tmp_path / "d" / "b" / "ok.png", _cells(1))
+    data = image_folder_set(tmp_path / "d", PIPELINE, workers=1, progress=False)
+    assert len(data) == 2 and data.excluded == 1
+
+
+def test_database_image_set_reads_labelled_plates(tmp_path):
+    from app.db import make_engine, make_session_factory
+    from app.orm import Base, FctMeasurement, Image, Plate, Scan, Well
+    from app.storage import ImageStore
+    from hardware.microscope import AcquiredField
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    Base.metadata.create_all(engine)
+    factory = make_session_factory(engine)
+    store = ImageStore(tmp_path / "images")
+    now = datetime.now(UTC)
+    with factory() as session:
+        for p, barcode in enumerate(["P-1", "P-2"]):
+            plate = Plate(barcode=barcode)
+            session.add(plate)
+            session.flush()
+            scan = Scan(
+                plate_id=plate.id,
+                objective="40x",
+                wells_requested=["A1", "A2", "A3"],
+                microscope="test",
+            )
+            session.add(scan)
+            session.flush()
+            for w, (name, label) in enumerate([("A1", "high"), ("A2", "low"), ("A3", None)]):
+                well = Well(plate_id=plate.id, name=name, row=0, column=w)
+                session.add(well)
+                session.flush()
+                frame = _cells(10 * p + w, dtype=np.uint16)
+                stored = store.save(
+                    barcode,
+                    scan.id,
+                    AcquiredField(name, 0, frame, 0.0, 0.0, "40x", 0.5, now, 1.0),
+                    fields_per_well=1,
+                )
+                session.add(
+                    Image(
+                        scan_id=scan.id,
+                        well_id=well.id,
+                        field_index=0,
+                        path=stored.path,
+                        sha256=stored.sha256,
+                        height=48,
+                        width=48,
+                        dtype="uint16",
+                        objective="40x",
+                        pixel_size_um=0.5,
+                        x_um=0.0,
+                        y_um=0.0,
+                        acquired_at=now,
+                        mean_v=140.0,
+                        focus_score=100.0,
+                        qc_excluded=False,
+                        qc_flags=[],
+                    )
+                )
+                if label is not None:  # A3 has no FCT: not a training sample
+                    session.add(
+                        FctMeasurement(
+                            well_id=well.id,
+                            cd73_pct=99.0 if label == "high" else 80.0,
+                            cd90_pct=99.0,
+                            label=label,
+                            source="test",
+                        )
+                    )
+        session.commit()
+
+    data = database_image_set(factory, PIPELINE, progress=False)
+    assert data.labels.tolist() == [1, 0, 1, 0]
+    assert data.groups.tolist() == ["P-1", "P-1", "P-2", "P-2"]
+    assert data.names[1].startswith("P-1/scan-") and data.names[1].endswith("/A2/f0")
+    served = prepare(_cells(1, dtype=np.uint16), PIPELINE, bit_depth=16)
+    assert np.array_equal(served.features, data.features[1])
+    only = database_image_set(factory, PIPELINE, barcodes=["P-2"], progress=False)
+    assert set(only.groups) == {"P-2"}
+    with pytest.raises(ValueError, match="no stored images"):
+        database_image_set(factory, PIPELINE, barcodes=["NONE"], progress=False)

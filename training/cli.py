@@ -1,0 +1,221 @@
+"""`mscreen experiment ...`: the paper's experiments at CPU scale; outputs under reports/<name>/.
+
+Register with ``cli.add_typer(experiment_cli, name="experiment")``. Every command writes a CSV,
+a Markdown table (``summary.md``), ``summary.json`` and PNG figures, and prints where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hardware.simulation import SimulationConfig
+from models.networks import registered_models
+from training.datasets import CELLTYPE_GROUP_PATTERN
+from training.experiments import (
+    CVSettings,
+    ModelSpec,
+    SimulatedSettings,
+    cv_experiment,
+    learning_curve_experiment,
+    plate_eval_experiment,
+    ws_k_grid_experiment,
+)
+from training.trainer import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+experiment_cli = typer.Typer(
+    help="Reproduce the paper's experiments (small defaults; flags scale them up).",
+    no_args_is_help=True,
+)
+
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Output folder (default: reports/<experiment>).")
+]
+ModelOption = Annotated[str, typer.Option("--model", help="Registered network.")]
+WidthOption = Annotated[
+    int | None, typer.Option("--width", help="base_width of resnet18 / vgg11 (default 16).")
+]
+EpochsOption = Annotated[int, typer.Option("--epochs", min=1, help="Maximum training epochs.")]
+PatienceOption = Annotated[int, typer.Option("--patience", min=1, help="Early-stop patience.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of splits, plates and training.")]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Processes preparing images.")
+]
+ThreadsOption = Annotated[int, typer.Option("--threads", min=0, help="Torch threads (0 = auto).")]
+TrainPlatesOption = Annotated[
+    int, typer.Option("--train-plates", min=1, help="Simulated training plates (96 wells each).")
+]
+
+
+def _spec(model: str, width: int | None) -> ModelSpec:
+    if model not in registered_models():
+        raise typer.BadParameter(f"unknown model {model!r}; known: {registered_models()}")
+    return ModelSpec(model, {} if width is None or model == "scnn" else {"base_width": width})
+
+
+def _done(name: str, out: Path, started: float) -> None:
+    typer.echo(f"{name}: wrote {out}/ in {time.perf_counter() - started:.0f} s")
+    for path in sorted(out.iterdir()):
+        typer.echo(f"  {path}")
+
+
+def _simulated(
+    model: str,
+    width: int | None,
+    epochs: int,
+    patience: int,
+    seed: int,
+    workers: int | None,
+    threads: int,
+    train_plates: int,
+) -> SimulatedSettings:
+    return SimulatedSettings(
+        train_plates=train_plates,
+        simulation=SimulationConfig(seed=seed),
+        model=_spec(model, width),
+        train=TrainConfig(epochs=epochs, patience=patience, seed=seed, threads=threads),
+        workers=workers,
+    )
+
+
+@experiment_cli.command("cv")
+def cv(
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", exists=True, file_okay=False, help="ImageFolder root: <data>/<class>/<img>."
+        ),
+    ],
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Grouped folds.")] = 5,
+    size: Annotated[int, typer.Option("--size", min=16, help="Pipeline height = width.")] = 112,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="Regex on file stems naming the group; 'celltype' = <line>-<field>; "
+            "default: every image its own group.",
+        ),
+    ] = None,
+    ablation: Annotated[
+        bool, typer.Option("--ablation/--no-ablation", help="Also run without HSM (ws=1).")
+    ] = True,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Average test calls over the 8 symmetries.")
+    ] = False,
+    keep_last: Annotated[
+        bool,
+        typer.Option(
+            "--keep-last",
+            help="Run every epoch and keep the last weights (no early stopping on a tiny "
+            "validation split).",
+        ),
+    ] = False,
+    learning_rate: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW rate.")] = 3e-3,
+    model: ModelOption = "scnn",
+    width: WidthOption = None,
+    epochs: EpochsOption = 25,
+    patience: PatienceOption = 8,
+    seed: SeedOption = 0,
+    workers: WorkersOption = None,
+    threads: ThreadsOption = 0,
+    out: OutOption = None,
+) -> None:
+    """Grouped k-fold cross-validation on any two-class ImageFolder dataset."""
+    started = time.perf_counter()
+    pattern = CELLTYPE_GROUP_PATTERN if group_by == "celltype" else group_by
+    settings = CVSettings(
+        folds=folds,
+        size=size,
+        ablation=ablation,
+        seed=seed,
+        workers=workers,
+        group_by=pattern,
+        tta=tta,
+        model=_spec(model, width),
+        train=TrainConfig(
+            epochs=epochs,
+            patience=patience,
+            seed=seed,
+            threads=threads,
+            learning_rate=learning_rate,
+            restore_best=not keep_last,
+        ),
+    )
+    out = out or Path("reports") / "cv"
+    try:
+        cv_experiment(data, out, settings)
+    except ValueError as error:  # a dataset the user can fix: one line, exit code 2
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    _done("cv", out, started)
+
+
+@experiment_cli.command("plate-eval")
+def plate_eval(
+    train_plates: TrainPlatesOption = 3,
+    model: ModelOption = "scnn",
+    width: WidthOption = None,
+    epochs: EpochsOption = 20,
+    patience: PatienceOption = 6,
+    seed: SeedOption = 0,
+    workers: WorkersOption = None,
+    threads: ThreadsOption = 0,
+    out: OutOption = None,
+) -> None:
+    """Train on simulated plates; seven metrics + 95 % CIs and ROC on one held-out plate."""
+    started = time.perf_counter()
+    settings = _simulated(model, width, epochs, patience, seed, workers, threads, train_plates)
+    out = out or Path("reports") / "plate-eval"
+    plate_eval_experiment(out, settings)
+    _done("plate-eval", out, started)
+
+
+@experiment_cli.command("ws-k-grid")
+def ws_k_grid(
+    ws: Annotated[list[int] | None, typer.Option("--ws", help="WS values (repeat).")] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="K values (repeat).")] = None,
+    train_plates: TrainPlatesOption = 2,
+    model: ModelOption = "scnn",
+    width: WidthOption = None,
+    epochs: EpochsOption = 15,
+    patience: PatienceOption = 5,
+    seed: SeedOption = 0,
+    workers: WorkersOption = None,
+    threads: ThreadsOption = 0,
+    out: OutOption = None,
+) -> None:
+    """Accuracy over the SSCD window WS and SSN count K (expensive: scale with the flags)."""
+    started = time.perf_counter()
+    settings = _simulated(model, width, epochs, patience, seed, workers, threads, train_plates)
+    out = out or Path("reports") / "ws-k-grid"
+    ws_k_grid_experiment(out, settings, ws_values=ws or [1, 5, 9], k_values=k or [4, 12])
+    _done("ws-k-grid", out, started)
+
+
+@experiment_cli.command("learning-curve")
+def learning_curve(
+    plates: Annotated[
+        list[int] | None, typer.Option("--plates", help="Training plate counts (repeat).")
+    ] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seeds", help="Seeds (repeat).")] = None,
+    model: ModelOption = "scnn",
+    width: WidthOption = None,
+    epochs: EpochsOption = 15,
+    patience: PatienceOption = 5,
+    workers: WorkersOption = None,
+    threads: ThreadsOption = 0,
+    out: OutOption = None,
+) -> None:
+    """Held-out accuracy against the number of simulated training plates (expensive)."""
+    started = time.perf_counter()
+    counts = plates or [1, 2, 3]
+    settings = _simulated(model, width, epochs, patience, 0, workers, threads, max(counts))
+    out = out or Path("reports") / "learning-curve"
+    learning_curve_experiment(out, settings, plate_counts=counts, seeds=seeds or [0])
+    _done("learning-curve", out, started)

@@ -1,0 +1,530 @@
+"""The paper's experiments, runnable at small scale on a CPU: each writes CSV, Markdown and PNG.
+
+- :func:`cv_experiment`: grouped k-fold cross-validation on an ImageFolder dataset, with and
+  without HSM (SSN off = ``ws=1``), paired McNemar / DeLong between the two.
+- :func:`plate_eval_experiment`: train on simulated plates, evaluate one held-out 96-well plate
+  against its FCT labels with the seven metrics and bootstrap CIs, and an ROC curve.
+- :func:`ws_k_grid_experiment`: accuracy over the SSCD window size WS and SSN count K.
+- :func:`learning_curve_experiment`: test accuracy against the number of training plates.
+
+Everything goes under ``out_dir`` (``reports/<name>/`` from the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardware.simulation import SimulationConfig
+from models.metrics import auc_score, binary_metrics, delong, evaluate, mcnemar
+from models.networks import create_model
+from models.pipeline import PipelineConfig
+from training.data import ImageSet, simulated_image_set
+from training.reports import (
+    bar_plot,
+    line_plot,
+    markdown_table,
+    write_csv,
+    write_json,
+)
+from training.splits import grouped_kfold, grouped_split
+from training.trainer import TrainConfig, intensity_band_indices, predict, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSpec:
+    """Which registered network to train, and its keyword options (e.g. ``base_width``)."""
+
+    name: str = "scnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _train_config(base: TrainConfig, pipeline: PipelineConfig) -> TrainConfig:
+    return replace(base, intensity_bands=intensity_band_indices(pipeline.bands))
+
+
+def _fit_predict(
+    spec: ModelSpec,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    test_set: ImageSet,
+    config: TrainConfig,
+    progress: bool,
+    tta: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    model = create_model(spec.name, in_bands=int(train_set.features.shape[1]), **spec.options)
+    result = train(model, train_set, val_set, config, progress=progress)
+    return predict(result.model, test_set, tta=tta), {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
+# -- (4) grouped k-fold cross-validation on an ImageFolder dataset ---------------------------
+
+
+def cross_validate(
+    data: ImageSet,
+    spec: ModelSpec,
+    config: TrainConfig,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    progress: bool = False,
+    tta: bool = False,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Grouped, label-stratified k-fold CV; a grouped validation split inside each fold.
+
+    Returns per-fold rows (accuracy, AUC, sizes, epochs) and the out-of-fold P(class 1), (N,).
+    """
+    out_of_fold = np.full(len(data), np.nan, np.float32)
+    rows: list[dict[str, Any]] = []
+    for fold, (train_index, test_index) in enumerate(
+        grouped_kfold(data.groups, folds, seed=seed, labels=data.labels)
+    ):
+        inner = data.subset(train_index)
+        fit, val = grouped_split(inner.groups, (1 - val_fraction, val_fraction), seed=seed + fold)
+        test_set = data.subset(test_index)
+        probability, info = _fit_predict(
+            spec, inner.subset(fit), inner.subset(val), test_set, config, progress, tta
+        )
+        out_of_fold[test_index] = probability
+        metrics = binary_metrics(test_set.labels, probability)
+        rows.append(
+            {
+                "fold": fold,
+                "n_train": len(fit),
+                "n_val": len(val),
+                "n_test": len(test_index),
+                "test_groups": len(set(test_set.groups)),
+                "accuracy": metrics.accuracy,
+                "auc": auc_score(test_set.labels, probability),
+                **info,
+            }
+        )
+        logger.info("fold %d: acc %.3f auc %s", fold, metrics.accuracy, rows[-1]["auc"])
+    return rows, out_of_fold
+
+
+@dataclass
+class CVSettings:
+    """Settings of :func:`cv_experiment` (recorded in its summary.json)."""
+
+    folds: int = 5
+    size: int = 112  # celltype crops are 224 x 224 single cells; pipeline height = width = size
+    ablation: bool = True  # also run without HSM (ws=1)
+    seed: int = 0
+    workers: int | None = None
+    group_by: str | None = None
+    tta: bool = False  # average test predictions over the 8 symmetries of the square input
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=25, patience=8))
+
+
+def cv_experiment(
+    data_dir: Path, out_dir: Path, settings: CVSettings, *, progress: bool = True
+) -> dict[str, Any]:
+    """Grouped k-fold CV on ``data_dir`` (ImageFolder) with HSM, and without it as ablation."""
+    from training.datasets import image_folder_set
+
+    started = time.perf_counter()
+    variants = {"hsm": PipelineConfig(height=settings.size, width=settings.size)}
+    if settings.ablation:
+        variants["no_hsm (ws=1)"] = replace(variants["hsm"], ws=1)
+    rows: list[dict[str, Any]] = []
+    scores: dict[str, np.ndarray] = {}
+    summary_rows: list[dict[str, Any]] = []
+    labels = np.zeros(0, np.int64)
+    class_names: tuple[str, ...] = ()
+    for variant, pipeline in variants.items():
+        t0 = time.perf_counter()
+        data = image_folder_set(
+            data_dir,
+            pipeline,
+            group_by=settings.group_by,
+            workers=settings.workers,
+            progress=progress,
+        )
+        prepare_seconds = time.perf_counter() - t0
+        labels, class_names = data.labels, data.class_names
+        fold_rows, scores[variant] = cross_validate(
+            data,
+            settings.model,
+            _train_config(settings.train, pipeline),
+            folds=settings.folds,
+            seed=settings.seed,
+            progress=progress,
+            tta=settings.tta,
+        )
+        rows += [{"variant": variant, **row} for row in fold_rows]
+        accuracy = np.array([r["accuracy"] for r in fold_rows])
+        auc = np.array([r["auc"] for r in fold_rows], dtype=float)
+        pooled = binary_metrics(data.labels, scores[variant])
+        summary_rows.append(
+            {
+                "variant": variant,
+                "ws": pipeline.ws,
+                "k": pipeline.k if pipeline.ws > 1 else "-",
+                "images": len(data),
+                "groups": len(set(data.groups)),
+                "accuracy mean": float(accuracy.mean()),
+                "accuracy sd": float(accuracy.std(ddof=1)),
+                "AUC mean": float(np.nanmean(auc)),
+                "AUC sd": float(np.nanstd(auc, ddof=1)),
+                "pooled OOF accuracy": pooled.accuracy,
+                "pooled OOF AUC": auc_score(data.labels, scores[variant]),
+                "prepare s": round(prepare_seconds, 1),
+                "wall s": round(time.perf_counter() - t0, 1),
+            }
+        )
+    paired: dict[str, Any] = {}
+    if len(scores) == 2:
+        (name_a, a), (name_b, b) = scores.items()
+        paired = {
+            "a": name_a,
+            "b": name_b,
+            "mcnemar": asdict(mcnemar(labels, a >= 0.5, b >= 0.5)),
+            "delong": asdict(delong(labels, a, b)),
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out_dir / "folds.csv")
+    write_csv(summary_rows, out_dir / "summary.csv")
+    bar_plot(
+        [r["variant"] for r in summary_rows],
+        [r["accuracy mean"] for r in summary_rows],
+        out_dir / "accuracy.png",
+        errors=[r["accuracy sd"] for r in summary_rows],
+        points=[[r["accuracy"] for r in rows if r["variant"] == v] for v in variants],
+        title=f"{data_dir.name}: {settings.folds}-fold grouped CV accuracy (mean, sd, folds)",
+        ylabel="accuracy",
+        ylim=(0.5, 1.0),
+    )
+    roc = {}
+    for variant, score in scores.items():
+        report = evaluate(labels, score, resamples=200, seed=settings.seed)
+        roc[variant] = (
+            [p["fpr"] for p in report["roc"]],
+            [p["tpr"] for p in report["roc"]],
+        )
+    line_plot(
+        roc,
+        out_dir / "roc.png",
+        title=f"{data_dir.name}: out-of-fold ROC",
+        xlabel="false positive rate",
+        ylabel="TPR",
+        ylim=(0.0, 1.0),
+        diagonal=True,
+    )
+    summary = {
+        "experiment": "cv",
+        "data": str(data_dir),
+        "classes": list(class_names),
+        "positive_class": class_names[1] if len(class_names) > 1 else None,
+        "settings": asdict(settings),
+        "pipeline": variants["hsm"].to_dict(),
+        "summary": summary_rows,
+        "paired": paired,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(summary, out_dir / "summary.json")
+    table = markdown_table(
+        summary_rows,
+        [
+            "variant",
+            "ws",
+            "k",
+            "images",
+            "groups",
+            "accuracy mean",
+            "accuracy sd",
+            "AUC mean",
+            "AUC sd",
+            "pooled OOF AUC",
+            "wall s",
+        ],
+    )
+    extra = ""
+    if paired:
+        extra = (
+            f"\nPaired on the same out-of-fold images: McNemar p = "
+            f"{paired['mcnemar']['p_value']:.3g}, DeLong p = {paired['delong']['p_value']:.3g}.\n"
+        )
+    (out_dir / "summary.md").write_text(
+        f"# Grouped {settings.folds}-fold CV on `{data_dir.name}`\n\n"
+        f"Model `{settings.model.name}` {settings.model.options or ''}, input "
+        f"{settings.size} x {settings.size}, TTA {'on' if settings.tta else 'off'}, "
+        f"classes {list(class_names)} (label 1 = "
+        f"{class_names[1] if len(class_names) > 1 else '?'}).\n\n{table}{extra}\n"
+        f"Per fold: `folds.csv`. Figures: `accuracy.png`, `roc.png`.\n"
+    )
+    return summary
+
+
+# -- simulated plates -----------------------------------------------------------------------
+
+
+@dataclass
+class SimulatedSettings:
+    """Simulated plates for (1)-(3); plates never straddle train / val / test."""
+
+    train_plates: int = 3
+    val_plates: int = 1
+    test_plates: int = 1
+    objective: str = "40x"
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, patience=6))
+    workers: int | None = None
+    wells: tuple[str, ...] | None = None  # only these wells of each plate (tests); None = all
+
+    def barcodes(self, role: str, count: int) -> list[str]:
+        return [f"SIM-{role.upper()}-{self.simulation.seed}-{i:03d}" for i in range(count)]
+
+    def images(
+        self, role: str, count: int, pipeline: PipelineConfig | None, progress: bool
+    ) -> ImageSet:
+        return simulated_image_set(
+            self.barcodes(role, count),
+            sim=self.simulation,
+            pipeline=pipeline or self.pipeline,
+            objective=self.objective,
+            wells=self.wells,
+            workers=self.workers,
+            progress=progress,
+        )
+
+
+def plate_eval_experiment(
+    out_dir: Path, settings: SimulatedSettings, *, progress: bool = True
+) -> dict[str, Any]:
+    """Train on simulated plates; evaluate one held-out 96-well plate against its FCT labels."""
+    started = time.perf_counter()
+    train_set = settings.images("train", settings.train_plates, None, progress)
+    val_set = settings.images("val", settings.val_plates, None, progress)
+    test_set = settings.images("test", 1, None, progress)
+    probability, info = _fit_predict(
+        settings.model,
+        train_set,
+        val_set,
+        test_set,
+        _train_config(settings.train, settings.pipeline),
+        progress,
+    )
+    report = evaluate(test_set.labels, probability, seed=settings.simulation.seed)
+    metric_rows = [
+        {
+            "metric": name,
+            "value": value,
+            "ci95 low": report["ci95"][name][0],
+            "ci95 high": report["ci95"][name][1],
+        }
+        for name, value in report["metrics"].items()
+        if name in report["ci95"]
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(metric_rows, out_dir / "metrics.csv")
+    write_csv(
+        [
+            {
+                "well": str(name).split("/")[1],
+                "fct_label": "high" if label else "low",
+                "p_high": float(p),
+                "call": "high" if p >= 0.5 else "low",
+            }
+            for name, label, p in zip(test_set.names, test_set.labels, probability, strict=True)
+        ],
+        out_dir / "wells.csv",
+    )
+    line_plot(
+        {
+            "SCNN" if settings.model.name == "scnn" else settings.model.name: (
+                [p["fpr"] for p in report["roc"]],
+                [p["tpr"] for p in report["roc"]],
+            )
+        },
+        out_dir / "roc.png",
+        title=f"held-out plate {settings.barcodes('test', 1)[0]}: ROC vs FCT",
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="TPR",
+        ylim=(0.0, 1.0),
+        diagonal=True,
+    )
+    summary = {
+        "experiment": "plate-eval",
+        "train_plates": settings.barcodes("train", settings.train_plates),
+        "val_plates": settings.barcodes("val", settings.val_plates),
+        "test_plate": settings.barcodes("test", 1)[0],
+        "wells_evaluated": len(test_set),
+        "wells_excluded_by_qc": test_set.excluded,
+        "positive_rate": float(np.mean(test_set.labels)),
+        "report": report,
+        "training": info,
+        "settings": asdict(settings),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(summary, out_dir / "summary.json")
+    counts = report["metrics"]
+    (out_dir / "summary.md").write_text(
+        f"# Held-out simulated plate `{summary['test_plate']}` vs FCT\n\n"
+        f"Trained on {settings.train_plates} simulated plates ({len(train_set)} wells), "
+        f"validated on {settings.val_plates}; {len(test_set)} wells evaluated "
+        f"({test_set.excluded} excluded by QC). Confusion: TP {counts['tp']}, TN {counts['tn']}, "
+        f"FP {counts['fp']}, FN {counts['fn']}.\n\n"
+        + markdown_table(metric_rows)
+        + "\n95 % percentile bootstrap over wells. Per well: `wells.csv`; figure: `roc.png`.\n"
+    )
+    return summary
+
+
+def ws_k_grid_experiment(
+    out_dir: Path,
+    settings: SimulatedSettings,
+    *,
+    ws_values: Sequence[int] = (1, 5, 9),
+    k_values: Sequence[int] = (4, 12),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Test accuracy / AUC on held-out simulated plates for each valid (WS, K); ws=1 = no SSN."""
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for ws in ws_values:
+        for k in k_values if ws > 1 else k_values[:1]:
+            if ws > 1 and k > ws * ws - 1:
+                continue
+            t0 = time.perf_counter()
+            pipeline = replace(settings.pipeline, ws=ws, k=k)
+            train_set = settings.images("train", settings.train_plates, pipeline, progress)
+            val_set = settings.images("val", settings.val_plates, pipeline, progress)
+            test_set = settings.images("test", settings.test_plates, pipeline, progress)
+            probability, info = _fit_predict(
+                settings.model,
+                train_set,
+                val_set,
+                test_set,
+                _train_config(settings.train, pipeline),
+                progress,
+            )
+            rows.append(
+                {
+                    "ws": ws,
+                    "k": k if ws > 1 else "-",
+                    "test_images": len(test_set),
+                    "accuracy": binary_metrics(test_set.labels, probability).accuracy,
+                    "auc": auc_score(test_set.labels, probability),
+                    **info,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                }
+            )
+            logger.info("ws %d k %d: %s", ws, k, rows[-1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out_dir / "grid.csv")
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        if row["ws"] == 1:
+            series["ws=1 (no SSN)"] = (
+                list(map(float, k_values)),
+                [row["accuracy"]] * len(k_values),
+            )
+        else:
+            xs, ys = series.setdefault(f"ws={row['ws']}", ([], []))
+            xs.append(float(row["k"]))
+            ys.append(row["accuracy"])
+    line_plot(
+        series,
+        out_dir / "accuracy.png",
+        title="held-out simulated plates: accuracy over WS and K",
+        xlabel="K (number of SSNs)",
+        ylabel="accuracy",
+        ylim=(0.0, 1.0),
+    )
+    summary = {
+        "experiment": "ws-k-grid",
+        "rows": rows,
+        "settings": asdict(settings),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(summary, out_dir / "summary.json")
+    (out_dir / "summary.md").write_text(
+        f"# WS x K grid on simulated plates\n\n{settings.train_plates} train / "
+        f"{settings.val_plates} val / {settings.test_plates} test plates; one seed.\n\n"
+        + markdown_table(rows)
+        + "\nFigure: `accuracy.png`.\n"
+    )
+    return summary
+
+
+def learning_curve_experiment(
+    out_dir: Path,
+    settings: SimulatedSettings,
+    *,
+    plate_counts: Sequence[int] = (1, 2, 3),
+    seeds: Sequence[int] = (0,),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Held-out accuracy / AUC against the number of simulated training plates."""
+    started = time.perf_counter()
+    pool = settings.images("train", max(plate_counts), None, progress)
+    val_set = settings.images("val", settings.val_plates, None, progress)
+    test_set = settings.images("test", settings.test_plates, None, progress)
+    plates = settings.barcodes("train", max(plate_counts))
+    rows: list[dict[str, Any]] = []
+    for count in plate_counts:
+        for seed in seeds:
+            chosen = set(np.random.default_rng(seed).permutation(plates)[:count].tolist())
+            train_set = pool.subset(np.flatnonzero(np.isin(pool.groups, list(chosen))))
+            config = _train_config(replace(settings.train, seed=seed), settings.pipeline)
+            probability, info = _fit_predict(
+                settings.model, train_set, val_set, test_set, config, progress
+            )
+            rows.append(
+                {
+                    "train_plates": count,
+                    "seed": seed,
+                    "train_images": len(train_set),
+                    "accuracy": binary_metrics(test_set.labels, probability).accuracy,
+                    "auc": auc_score(test_set.labels, probability),
+                    **info,
+                }
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out_dir / "curve.csv")
+    counts = sorted(set(plate_counts))
+    mean = {
+        metric: [
+            float(np.mean([r[metric] for r in rows if r["train_plates"] == c])) for c in counts
+        ]
+        for metric in ("accuracy", "auc")
+    }
+    line_plot(
+        {name: ([float(c) for c in counts], values) for name, values in mean.items()},
+        out_dir / "curve.png",
+        title="held-out simulated plates: learning curve",
+        xlabel="training plates (96 wells each)",
+        ylabel="score",
+        ylim=(0.0, 1.0),
+    )
+    summary = {
+        "experiment": "learning-curve",
+        "rows": rows,
+        "settings": asdict(settings),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(summary, out_dir / "summary.json")
+    (out_dir / "summary.md").write_text(
+        f"# Learning curve on simulated plates\n\nTest: {settings.test_plates} held-out plate(s), "
+        f"{len(test_set)} images; seeds {list(seeds)}.\n\n"
+        + markdown_table(rows)
+        + "\nFigure: `curve.png`.\n"
+    )
+    return summary
