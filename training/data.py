@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -61,6 +62,14 @@ class _FieldJob:
     objective: str
     label: int
 
+    @property
+    def group(self) -> str:
+        return self.barcode  # a plate's wells never straddle train and test
+
+    @property
+    def name(self) -> str:
+        return f"{self.barcode}/{self.well}/f{self.field_index}"
+
 
 def _run_job(job: _FieldJob) -> tuple[_FieldJob, np.ndarray | None, np.ndarray | None]:
     frame = render_field(job.sim, job.barcode, job.well, job.x_um, job.y_um, job.objective)
@@ -107,25 +116,27 @@ def simulated_image_set(
                         int(truth[well].label == "high"),
                     )
                 )
-    return _collect(_map(jobs, workers), len(jobs), progress)
+    return collect_images(prepare_in_parallel(_run_job, jobs, workers), len(jobs), progress)
 
 
-def _map(
-    jobs: list[_FieldJob], workers: int | None
-) -> Iterable[tuple[_FieldJob, np.ndarray | None, np.ndarray | None]]:
+PreparedJob = tuple[Any, np.ndarray | None, np.ndarray | None]
+
+
+def prepare_in_parallel(
+    fn: Callable[[Any], PreparedJob], jobs: Sequence[Any], workers: int | None, chunksize: int = 8
+) -> Iterable[PreparedJob]:
+    """``fn`` over ``jobs`` in a process pool (in order); each gives (job, features, mask)."""
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers <= 1:
-        yield from map(_run_job, jobs)
+        yield from map(fn, jobs)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_run_job, jobs, chunksize=8)
+        yield from pool.map(fn, jobs, chunksize=chunksize)
 
 
-def _collect(
-    results: Iterable[tuple[_FieldJob, np.ndarray | None, np.ndarray | None]],
-    total: int,
-    progress: bool,
-) -> ImageSet:
+def collect_images(results: Iterable[PreparedJob], total: int, progress: bool) -> ImageSet:
+    """Stack prepared jobs (each with ``label``, ``group``, ``name``) into an :class:`ImageSet`;
+    jobs whose frame QC excluded (features None) are counted and dropped."""
     features, masks, labels, groups, names = [], [], [], [], []
     excluded = 0
     for job, feature, mask in tqdm(
@@ -137,10 +148,10 @@ def _collect(
         features.append(feature)
         masks.append(mask[None].astype(np.float32))
         labels.append(job.label)
-        groups.append(job.barcode)
-        names.append(f"{job.barcode}/{job.well}/f{job.field_index}")
+        groups.append(job.group)
+        names.append(job.name)
     if not features:
-        raise ValueError("every image was excluded by QC; nothing to train on")
+        raise ValueError(f"all {total} images were excluded by QC; nothing to train on")
     logger.info("prepared %d images (%d excluded by QC)", len(features), excluded)
     return ImageSet(
         np.stack(features),

@@ -8,20 +8,17 @@ as the service drops them.
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from models.pipeline import PipelineConfig, prepare
-from training.data import ImageSet
+from training.data import ImageSet, collect_images, prepare_in_parallel
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +152,9 @@ def image_folder_set(
             name = f"{folder.name}/{path.stem}"
             group = _group_of(path.stem, pattern, path, name)
             jobs.append(_FileJob(path, pipeline, bit_depth, label, group, name))
-    result = _collect(_map(_prepare_file, jobs, workers), len(jobs), progress)
+    result = collect_images(
+        prepare_in_parallel(_prepare_file, jobs, workers, 4), len(jobs), progress
+    )
     result.class_names = tuple(p.name for p in classes)
     logger.info(
         "%s: %d images, %d groups, classes %s",
@@ -165,49 +164,6 @@ def image_folder_set(
         result.class_names,
     )
     return result
-
-
-def _map(
-    fn: Callable[[Any], tuple[Any, np.ndarray | None, np.ndarray | None]],
-    jobs: Sequence[Any],
-    workers: int | None,
-) -> Iterable[tuple[Any, np.ndarray | None, np.ndarray | None]]:
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers <= 1:
-        yield from map(fn, jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, jobs, chunksize=4)
-
-
-def _collect(
-    results: Iterable[tuple[Any, np.ndarray | None, np.ndarray | None]],
-    total: int,
-    progress: bool,
-) -> ImageSet:
-    features, masks, labels, groups, names = [], [], [], [], []
-    excluded = 0
-    for job, feature, mask in tqdm(
-        results, total=total, desc="preparing images", disable=not progress
-    ):
-        if feature is None or mask is None:
-            excluded += 1
-            continue
-        features.append(feature)
-        masks.append(mask[None].astype(np.float32))
-        labels.append(job.label)
-        groups.append(job.group)
-        names.append(job.name)
-    if not features:
-        raise ValueError(f"all {total} images were excluded by QC; nothing to train on")
-    return ImageSet(
-        np.stack(features),
-        np.stack(masks),
-        np.asarray(labels, dtype=np.int64),
-        np.asarray(groups),
-        np.asarray(names),
-        excluded,
-    )
 
 
 @dataclass(frozen=True)
@@ -289,6 +245,8 @@ def database_image_set(
         )
         for path, scan_id, field_index, well, barcode, label in rows
     ]
-    result = _collect(_map(_prepare_stored, jobs, workers), len(jobs), progress)
+    result = collect_images(
+        prepare_in_parallel(_prepare_stored, jobs, workers, 4), len(jobs), progress
+    )
     logger.info("database: %d images from %d plates", len(result), len(set(result.groups)))
     return result
