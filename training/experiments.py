@@ -448,20 +448,11 @@ def ws_k_grid_experiment(
         ylabel="accuracy",
         ylim=(0.0, 1.0),
     )
-    summary = {
-        "experiment": "ws-k-grid",
-        "rows": rows,
-        "settings": asdict(settings),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(summary, out_dir / "summary.json")
-    (out_dir / "summary.md").write_text(
+    intro = (
         f"# WS x K grid on simulated plates\n\n{settings.train_plates} train / "
-        f"{settings.val_plates} val / {settings.test_plates} test plates; one seed.\n\n"
-        + markdown_table(rows)
-        + "\nFigure: `accuracy.png`.\n"
+        f"{settings.val_plates} val / {settings.test_plates} test plates; one seed."
     )
-    return summary
+    return _write_summary(out_dir, "ws-k-grid", rows, settings, started, intro, "accuracy.png")
 
 
 def learning_curve_experiment(
@@ -514,17 +505,31 @@ def learning_curve_experiment(
         ylabel="score",
         ylim=(0.0, 1.0),
     )
+    intro = (
+        f"# Learning curve on simulated plates\n\nTest: {settings.test_plates} held-out plate(s), "
+        f"{len(test_set)} images; seeds {list(seeds)}."
+    )
+    return _write_summary(out_dir, "learning-curve", rows, settings, started, intro, "curve.png")
+
+
+def _write_summary(
+    out_dir: Path,
+    experiment: str,
+    rows: list[dict[str, Any]],
+    settings: Any,
+    started: float,
+    intro: str,
+    figure: str,
+) -> dict[str, Any]:
+    """``summary.json`` (rows, settings, wall time) and ``summary.md`` (intro, table, figure)."""
     summary = {
-        "experiment": "learning-curve",
+        "experiment": experiment,
         "rows": rows,
         "settings": asdict(settings),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(summary, out_dir / "summary.json")
     (out_dir / "summary.md").write_text(
-        f"# Learning curve on simulated plates\n\nTest: {settings.test_plates} held-out plate(s), "
-        f"{len(test_set)} images; seeds {list(seeds)}.\n\n"
-        + markdown_table(rows)
-        + "\nFigure: `curve.png`.\n"
+        f"{intro}\n\n" + markdown_table(rows) + f"\nFigure: `{figure}`.\n"
     )
     return summary
