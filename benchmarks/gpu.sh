@@ -8,8 +8,8 @@
 #    /tmp/site and puts that first on PYTHONPATH, so it shadows the CPU onnxruntime;
 # 3. runs benchmarks/gpu_check.py, which checks that CUDAExecutionProvider is the provider really
 #    in use, CPU-vs-CUDA parity of the bundled model and images/s (inference alone and the whole
-#    pipeline) at batch 1, 8, 32 and 96 -- or, without onnxruntime-gpu, the same SCNN under
-#    PyTorch CUDA with random weights (throughput only).
+#    pipeline) at batch 1, 8, 32 and 96 -- or, without onnxruntime-gpu, the bundled model rebuilt
+#    under PyTorch CUDA with the ONNX file's weights (parity against onnxruntime CPU, throughput).
 #
 # Writes $OUT/gpu.json and $OUT/gpu.log. Installs nothing else; bounded to under 5 minutes.
 # Without a GPU: `bash benchmarks/gpu.sh --cpu-dry-run` exercises every branch on the CPU.

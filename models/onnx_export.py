@@ -68,7 +68,7 @@ def export_onnx(
 
     The pipeline config travels in the ONNX metadata so serving rebuilds the exact inputs.
     """
-    model = model.eval()
+    model = model.cpu().eval()  # a model trained on a GPU is exported (and checked) on the CPU
     features, mask = fixed_parity_input(in_bands, pipeline.height, pipeline.width, batch=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -112,7 +112,9 @@ def check_parity(
     """Run the same fixed batch through PyTorch and onnxruntime (CPU) and compare."""
     features, mask = fixed_parity_input(in_bands, height, width, batch=batch)
     with torch.no_grad():
-        torch_map, torch_prob = model.eval()(torch.from_numpy(features), torch.from_numpy(mask))
+        torch_map, torch_prob = model.cpu().eval()(
+            torch.from_numpy(features), torch.from_numpy(mask)
+        )
     classifier = OnnxClassifier(path, providers="cpu")
     onnx_prob, onnx_map = classifier.predict(features, mask)
     diff = max(

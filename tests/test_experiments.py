@@ -16,13 +16,14 @@ from training.cli import experiment_cli
 from training.experiments import (
     ModelSpec,
     SimulatedSettings,
+    balanced_order,
     learning_curve_experiment,
     plate_eval_experiment,
     ws_k_grid_experiment,
 )
 from training.reports import bar_plot, line_plot, markdown_table, write_csv
 from training.splits import grouped_kfold, grouped_split
-from training.trainer import TrainConfig, _augment, intensity_band_indices
+from training.trainer import TrainConfig, _augment, intensity_band_indices, resolve_device
 
 GROUPS = np.array([f"g{i // 3}" for i in range(30)] + ["big"] * 12)  # 10 groups of 3, one of 12
 
@@ -205,7 +206,94 @@ def test_plate_eval_and_expensive_experiments_at_toy_scale(tmp_path, tiny_sim):
     assert (tmp_path / "grid" / "accuracy.png").is_file()
 
     curve = learning_curve_experiment(
-        tmp_path / "lc", replace(tiny_sim, train_plates=2), plate_counts=(1, 2), progress=False
+        tmp_path / "lc",
+        replace(tiny_sim, train_plates=2),
+        sizes=(4, 8),
+        seeds=(0, 1),
+        models=(ModelSpec("scnn"), ModelSpec("resnet18", {"base_width": 4})),
+        progress=False,
     )
-    assert [r["train_plates"] for r in curve["rows"]] == [1, 2]
-    assert curve["rows"][0]["train_images"] < curve["rows"][1]["train_images"]
+    rows = curve["rows"]
+    assert [(r["seed"], r["train_images"], r["model"]) for r in rows] == [
+        (seed, size, model)
+        for seed in (0, 1)
+        for size in (4, 8)
+        for model in ("scnn", "resnet18 (base_width 4)")
+    ]
+    assert {r["device"] for r in rows} == {"cpu"}
+    assert rows[0]["parameters"] != rows[1]["parameters"]
+    table = curve["aggregate"]
+    assert [(t["model"], t["train_images"], t["seeds"]) for t in table] == [
+        ("scnn", 4, 2),
+        ("scnn", 8, 2),
+        ("resnet18 (base_width 4)", 4, 2),
+        ("resnet18 (base_width 4)", 8, 2),
+    ]
+    first = [r["accuracy"] for r in rows if r["model"] == "scnn" and r["train_images"] == 4]
+    assert table[0]["accuracy mean"] == pytest.approx(np.mean(first), abs=1e-4)
+    assert len(list(csv.DictReader((tmp_path / "lc" / "curve.csv").open()))) == 8
+    for name in ("accuracy.png", "seconds.png", "summary.md", "summary.csv"):
+        assert (tmp_path / "lc" / name).is_file()
+    # A stopped or remote run's CSV rebuilds the same tables without training.
+    rebuilt = tmp_path / "rebuilt"
+    result = CliRunner().invoke(
+        experiment_cli,
+        [
+            "learning-curve",
+            "--from-csv",
+            str(tmp_path / "lc" / "curve.csv"),
+            "--out",
+            str(rebuilt),
+            "--note",
+            "toy rows",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    again = json.loads((rebuilt / "summary.json").read_text())
+    assert again["aggregate"] == table and again["note"] == "toy rows"
+    assert (rebuilt / "accuracy.png").is_file() and (rebuilt / "curve.csv").is_file()
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(
+        experiment_cli, ["learning-curve", "--from-csv", str(tmp_path / "bad.csv")]
+    )
+    assert result.exit_code == 2 and "not a learning-curve CSV" in result.output
+
+    with pytest.raises(ValueError, match="exceeds the 12 images"):
+        learning_curve_experiment(
+            tmp_path / "lc2", replace(tiny_sim, train_plates=2), sizes=(20,), progress=False
+        )
+
+
+def test_balanced_order_alternates_classes_and_nests():
+    labels = np.array([1, 1, 1, 1, 1, 0, 0, 1, 0, 1])
+    order = balanced_order(labels, seed=3)
+    assert sorted(order.tolist()) == list(range(10))  # a permutation
+    assert labels[order[:6]].sum() == 3  # balanced while both classes last
+    assert labels[order[6:]].tolist() == [1, 1, 1, 1]  # then the majority class alone
+    assert not np.array_equal(order, balanced_order(labels, seed=4))
+    assert np.array_equal(order, balanced_order(labels, seed=3))
+
+
+@pytest.mark.slow
+def test_plate_eval_over_two_test_plates(tmp_path, tiny_sim):
+    summary = plate_eval_experiment(
+        tmp_path / "pe2", replace(tiny_sim, test_plates=2), progress=False
+    )
+    assert summary["wells_evaluated"] == 12
+    assert [p["plate"] for p in summary["per_plate"]] == summary["test_plates"]
+    assert [p["wells"] for p in summary["per_plate"]] == [6, 6]
+    wells = list(csv.DictReader((tmp_path / "pe2" / "wells.csv").open()))
+    assert {w["plate"] for w in wells} == set(summary["test_plates"])
+    diagnostic = summary["morphology_diagnostic"]
+    assert 0 <= diagnostic["label_noise_wells"] <= 12
+    assert diagnostic["ceiling_accuracy"] == pytest.approx(1 - diagnostic["label_noise_wells"] / 12)
+    assert "ceiling" in (tmp_path / "pe2" / "summary.md").read_text()
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+    result = CliRunner().invoke(experiment_cli, ["learning-curve", "--device", "cuda"])
+    assert result.exit_code != 0 and "no CUDA GPU" in result.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -17,15 +18,19 @@ from hardware.simulation import SimulationConfig
 from models.networks import registered_models
 from training.datasets import CELLTYPE_GROUP_PATTERN
 from training.experiments import (
+    LEARNING_CURVE_SIZES,
     CVSettings,
     ModelSpec,
     SimulatedSettings,
     cv_experiment,
     learning_curve_experiment,
     plate_eval_experiment,
+    read_learning_curve_rows,
+    write_learning_curve_report,
     ws_k_grid_experiment,
 )
-from training.trainer import TrainConfig
+from training.reports import write_csv
+from training.trainer import TrainConfig, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,16 @@ WorkersOption = Annotated[
     int | None, typer.Option("--workers", min=1, help="Processes preparing images.")
 ]
 ThreadsOption = Annotated[int, typer.Option("--threads", min=0, help="Torch threads (0 = auto).")]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Training device: cpu (deterministic), cuda, or auto (CUDA when torch sees a GPU).",
+    ),
+]
+TestPlatesOption = Annotated[
+    int, typer.Option("--test-plates", min=1, help="Held-out simulated test plates.")
+]
 TrainPlatesOption = Annotated[
     int, typer.Option("--train-plates", min=1, help="Simulated training plates (96 wells each).")
 ]
@@ -74,14 +89,28 @@ def _simulated(
     workers: int | None,
     threads: int,
     train_plates: int,
+    *,
+    test_plates: int = 1,
+    device: str = "cpu",
 ) -> SimulatedSettings:
+    _check_device(device)
     return SimulatedSettings(
         train_plates=train_plates,
+        test_plates=test_plates,
         simulation=SimulationConfig(seed=seed),
         model=_spec(model, width),
-        train=TrainConfig(epochs=epochs, patience=patience, seed=seed, threads=threads),
+        train=TrainConfig(
+            epochs=epochs, patience=patience, seed=seed, threads=threads, device=device
+        ),
         workers=workers,
     )
+
+
+def _check_device(device: str) -> None:
+    try:
+        resolve_device(device)
+    except (ValueError, RuntimeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--device") from error
 
 
 @experiment_cli.command("cv")
@@ -124,10 +153,12 @@ def cv(
     seed: SeedOption = 0,
     workers: WorkersOption = None,
     threads: ThreadsOption = 0,
+    device: DeviceOption = "cpu",
     out: OutOption = None,
 ) -> None:
     """Grouped k-fold cross-validation on any two-class ImageFolder dataset."""
     started = time.perf_counter()
+    _check_device(device)
     pattern = CELLTYPE_GROUP_PATTERN if group_by == "celltype" else group_by
     settings = CVSettings(
         folds=folds,
@@ -145,6 +176,7 @@ def cv(
             threads=threads,
             learning_rate=learning_rate,
             restore_best=not keep_last,
+            device=device,
         ),
     )
     out = out or Path("reports") / "cv"
@@ -166,11 +198,24 @@ def plate_eval(
     seed: SeedOption = 0,
     workers: WorkersOption = None,
     threads: ThreadsOption = 0,
+    test_plates: TestPlatesOption = 1,
+    device: DeviceOption = "cpu",
     out: OutOption = None,
 ) -> None:
-    """Train on simulated plates; seven metrics + 95 % CIs and ROC on one held-out plate."""
+    """Train on simulated plates; seven metrics + 95 % CIs and ROC on held-out plates."""
     started = time.perf_counter()
-    settings = _simulated(model, width, epochs, patience, seed, workers, threads, train_plates)
+    settings = _simulated(
+        model,
+        width,
+        epochs,
+        patience,
+        seed,
+        workers,
+        threads,
+        train_plates,
+        test_plates=test_plates,
+        device=device,
+    )
     out = out or Path("reports") / "plate-eval"
     plate_eval_experiment(out, settings)
     _done("plate-eval", out, started)
@@ -188,11 +233,24 @@ def ws_k_grid(
     seed: SeedOption = 0,
     workers: WorkersOption = None,
     threads: ThreadsOption = 0,
+    test_plates: TestPlatesOption = 1,
+    device: DeviceOption = "cpu",
     out: OutOption = None,
 ) -> None:
     """Accuracy over the SSCD window WS and SSN count K (expensive: scale with the flags)."""
     started = time.perf_counter()
-    settings = _simulated(model, width, epochs, patience, seed, workers, threads, train_plates)
+    settings = _simulated(
+        model,
+        width,
+        epochs,
+        patience,
+        seed,
+        workers,
+        threads,
+        train_plates,
+        test_plates=test_plates,
+        device=device,
+    )
     out = out or Path("reports") / "ws-k-grid"
     ws_k_grid_experiment(out, settings, ws_values=ws or [1, 5, 9], k_values=k or [4, 12])
     _done("ws-k-grid", out, started)
@@ -200,22 +258,95 @@ def ws_k_grid(
 
 @experiment_cli.command("learning-curve")
 def learning_curve(
-    plates: Annotated[
-        list[int] | None, typer.Option("--plates", help="Training plate counts (repeat).")
+    sizes: Annotated[
+        list[int] | None,
+        typer.Option("--sizes", min=2, help="Training image counts (repeat; default 20..100)."),
     ] = None,
-    seeds: Annotated[list[int] | None, typer.Option("--seeds", help="Seeds (repeat).")] = None,
-    model: ModelOption = "scnn",
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seeds", help="Seeds (repeat; default 0..4).")
+    ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Registered networks (repeat; default scnn)."),
+    ] = None,
     width: WidthOption = None,
-    epochs: EpochsOption = 15,
-    patience: PatienceOption = 5,
+    train_plates: TrainPlatesOption = 2,
+    test_plates: TestPlatesOption = 2,
+    epochs: EpochsOption = 30,
+    patience: PatienceOption = 8,
+    min_epoch_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--min-epoch-samples",
+            min=0,
+            help="Samples per epoch at least (default: the largest size, so every size gets "
+            "the same optimizer steps per epoch).",
+        ),
+    ] = None,
     workers: WorkersOption = None,
     threads: ThreadsOption = 0,
+    device: DeviceOption = "cpu",
+    from_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-csv",
+            exists=True,
+            dir_okay=False,
+            help="Train nothing: rebuild the tables and figures from this curve.csv (e.g. a run "
+            "stopped by a time limit, or made on another machine).",
+        ),
+    ] = None,
+    note: Annotated[
+        str, typer.Option("--note", help="With --from-csv: how and where the runs were made.")
+    ] = "",
     out: OutOption = None,
 ) -> None:
-    """Held-out accuracy against the number of simulated training plates (expensive)."""
+    """Accuracy, training time and size of each network against the number of training
+    images, mean +- sd over seeds (expensive: a full run is 9 sizes x 5 seeds per network)."""
     started = time.perf_counter()
-    counts = plates or [1, 2, 3]
-    settings = _simulated(model, width, epochs, patience, 0, workers, threads, max(counts))
+    if from_csv is not None:
+        out = out or from_csv.parent
+        try:
+            rows = read_learning_curve_rows(from_csv)
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        if from_csv.resolve() != (out / "curve.csv").resolve():
+            write_csv(rows, out / "curve.csv")
+        write_learning_curve_report(
+            out, rows, description=note or f"Rebuilt from {from_csv.name}.", extra={"note": note}
+        )
+        _done("learning-curve", out, started)
+        return
+    names = models or ["scnn"]
+    specs = [_spec(name, width) for name in names]
+    sizes = sizes or list(LEARNING_CURVE_SIZES)
+    settings = _simulated(
+        names[0],
+        width,
+        epochs,
+        patience,
+        0,
+        workers,
+        threads,
+        train_plates,
+        test_plates=test_plates,
+        device=device,
+    )
+    settings.train = replace(
+        settings.train,
+        min_epoch_samples=max(sizes) if min_epoch_samples is None else min_epoch_samples,
+    )
     out = out or Path("reports") / "learning-curve"
-    learning_curve_experiment(out, settings, plate_counts=counts, seeds=seeds or [0])
+    try:
+        learning_curve_experiment(
+            out,
+            settings,
+            sizes=sizes,
+            seeds=seeds if seeds is not None else [0, 1, 2, 3, 4],
+            models=specs,
+        )
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     _done("learning-curve", out, started)

@@ -120,10 +120,27 @@ def line_plot(
     ylabel: str,
     ylim: tuple[float, float] | None = None,
     diagonal: bool = False,
+    errors: Mapping[str, Sequence[float]] | None = None,
+    legend_bottom: bool | None = None,
 ) -> Path:
-    """One polyline with markers per series {name: (xs, ys)}; PNG at ``path``."""
+    """One polyline with markers per series {name: (xs, ys)}; PNG at ``path``.
+
+    ``errors``: optional +-whisker half-lengths per series (e.g. sd over seeds).
+    ``legend_bottom``: legend in the lower right (default: only for ROC-style ``diagonal``
+    plots, whose lower right is empty); rising curves such as learning curves want it there too.
+    """
+    errors = errors or {}
     xs = np.concatenate([np.asarray(x, float) for x, _ in series.values()])
-    ys = np.concatenate([np.asarray(y, float) for _, y in series.values()])
+    ys = np.concatenate(
+        [
+            np.asarray(y, float) - np.asarray(errors.get(name, 0.0))
+            for name, (_, y) in series.items()
+        ]
+        + [
+            np.asarray(y, float) + np.asarray(errors.get(name, 0.0))
+            for name, (_, y) in series.items()
+        ]
+    )
     xlim = (float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1)
     if ylim is None:
         pad = 0.05 * max(float(ys.max() - ys.min()), 1e-3)
@@ -131,21 +148,24 @@ def line_plot(
     axes = _Axes(xlim, ylim, title, xlabel, ylabel)
     axes.yticks()
     unique = np.unique(xs)
-    if len(unique) <= 8:
+    if len(unique) <= 12:
         axes.xticks(unique.tolist())
     else:  # many distinct x (an ROC curve): evenly spaced, rounded ticks
         ticks = np.linspace(*xlim, 6)
         axes.xticks(ticks.tolist(), [f"{t:.2f}" for t in ticks])
     if diagonal:
         cv2.line(axes.image, axes.px(xlim[0], ylim[0]), axes.px(xlim[1], ylim[1]), (160,) * 3, 1)
-    for i, (x, y) in enumerate(series.values()):
+    for i, (name, (x, y)) in enumerate(series.items()):
         points = np.array([axes.px(float(a), float(b)) for a, b in zip(x, y, strict=True)])
         colour = PALETTE[i % 5]
+        for a, b, e in zip(x, y, errors.get(name, []), strict=False):
+            top, bottom = axes.px(float(a), float(b) + float(e)), axes.px(float(a), float(b) - e)
+            cv2.line(axes.image, top, bottom, colour, 1, cv2.LINE_AA)
         cv2.polylines(axes.image, [points.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
         if len(points) <= 30:
             for point in points:
                 cv2.circle(axes.image, (int(point[0]), int(point[1])), 4, colour, -1)
-    axes.legend(list(series), bottom=diagonal)  # ROC curves leave the lower right empty
+    axes.legend(list(series), bottom=diagonal if legend_bottom is None else legend_bottom)
     return axes.save(path)
 
 

@@ -29,6 +29,17 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 6  # epochs without validation-loss improvement before stopping
+    # Early stopping neither selects nor stops before this epoch. In the first epochs a freshly
+    # initialised net often calls every validation image one class (BatchNorm's running
+    # statistics lag the weights), and its loss then *rises* before it falls; without a floor
+    # small training sets stop at patience with the untrained epoch 0 "best".
+    min_epochs: int = 3
+    # Before each validation, recompute BatchNorm's running statistics over the training set
+    # (train-mode forward passes, no gradients, cumulative average). Small sets give an epoch
+    # few steps, and the running averages (momentum 0.1) then lag weights that still move fast:
+    # validation calls every image one class for several epochs. Costs one forward pass over
+    # the training set per epoch.
+    precise_batchnorm: bool = True
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0 = torch default)
     # Flips and 180-degree rotation; also 90/270-degree rotations where the input is square
@@ -46,6 +57,24 @@ class TrainConfig:
     # epoch and keep the last (False: for tiny validation sets, whose loss is too noisy to pick
     # an epoch by; the cosine schedule has annealed the learning rate by then).
     restore_best: bool = True
+    # Where to train: "cpu" (the default, and the only deterministic one), "cuda" or "auto"
+    # (CUDA when torch sees a GPU). The trained model stays on that device; predict() follows it.
+    device: str = "cpu"
+    # An epoch shows at least this many samples (the shuffled set repeated, each pass with fresh
+    # augmentation). Tiny training sets otherwise get a handful of optimizer steps per epoch: 20
+    # images are 2 steps, so early stopping judges a barely trained net and BatchNorm's running
+    # statistics (momentum 0.1) have not settled. 0 = one pass over the set.
+    min_epoch_samples: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"training device {name!r} asked for, but torch sees no CUDA GPU")
+    return device
 
 
 @dataclass
@@ -89,23 +118,24 @@ def _augment(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips per sample (both = 180-degree rotation), quarter turns where the input is
     square, and intensity jitter on ``config.intensity_bands``; ``features`` (N, B, H, W)."""
-    n = features.shape[0]
-    flip_h = torch.rand(n, generator=generator) < 0.5
-    flip_v = torch.rand(n, generator=generator) < 0.5
+    n, device = features.shape[0], features.device
+    # Draws come from the CPU generator (the same stream on every device), then move over.
+    flip_h = (torch.rand(n, generator=generator) < 0.5).to(device)
+    flip_v = (torch.rand(n, generator=generator) < 0.5).to(device)
     features = torch.where(flip_h[:, None, None, None], features.flip(-1), features)
     masks = torch.where(flip_h[:, None, None, None], masks.flip(-1), masks)
     features = torch.where(flip_v[:, None, None, None], features.flip(-2), features)
     masks = torch.where(flip_v[:, None, None, None], masks.flip(-2), masks)
     if features.shape[-1] == features.shape[-2]:
         # With the flips above, a quarter turn or none reaches all 8 symmetries of the square.
-        turn = (torch.rand(n, generator=generator) < 0.5)[:, None, None, None]
+        turn = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
         features = torch.where(turn, features.rot90(1, (-2, -1)), features)
         masks = torch.where(turn, masks.rot90(1, (-2, -1)), masks)
     if config is not None and config.intensity_jitter > 0 and config.intensity_bands:
         j = config.intensity_jitter
         bands = list(config.intensity_bands)
-        gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * j
-        shift = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * j
+        gain = (1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * j).to(device)
+        shift = ((torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * j).to(device)
         features = features.clone()
         features[:, bands] = features[:, bands] * gain + shift
     return features, masks
@@ -140,17 +170,18 @@ def predict(
     8 for square inputs). The service scores one orientation; use it for offline studies only.
     """
     model.eval()
+    device = next(model.parameters()).device
     out = []
     square = data.features.shape[-1] == data.features.shape[-2]
     transforms = _symmetries(square) if tta else _symmetries(False)[:1]
     for start in range(0, len(data), batch_size):
-        features = torch.from_numpy(data.features[start : start + batch_size])
-        masks = torch.from_numpy(data.masks[start : start + batch_size])
-        total = torch.zeros(features.shape[0])
+        features = torch.from_numpy(data.features[start : start + batch_size]).to(device)
+        masks = torch.from_numpy(data.masks[start : start + batch_size]).to(device)
+        total = torch.zeros(features.shape[0], device=device)
         for transform in transforms:
             _, probability = model(transform(features), transform(masks))
             total += probability
-        out.append((total / len(transforms)).numpy())
+        out.append((total / len(transforms)).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -161,14 +192,40 @@ def _pooled_logit(
     return logit
 
 
-def evaluate_loss(
+@torch.no_grad()
+def recompute_batchnorm(
+    model: MaskedClassifier, features: torch.Tensor, masks: torch.Tensor, batch_size: int = 32
+) -> None:
+    """Set every BatchNorm's running mean/var to the average over ``features`` (no augmentation),
+    as "precise BN" does; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    for start in range(0, features.shape[0], batch_size):
+        model.forward_logits(
+            features[start : start + batch_size], masks[start : start + batch_size]
+        )
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
+
+
+def validation_scores(
     model: MaskedClassifier, data: ImageSet, pos_weight: torch.Tensor, batch_size: int = 32
-) -> float:
+) -> tuple[float, float]:
+    """(class-weighted BCE loss, accuracy at 0.5) on ``data``, from one prediction pass."""
     probability = torch.from_numpy(predict(model, data, batch_size)).clamp(1e-6, 1 - 1e-6)
     labels = torch.from_numpy(data.labels.astype(np.float32))
-    return float(
-        F.binary_cross_entropy_with_logits(torch.logit(probability), labels, pos_weight=pos_weight)
+    loss = F.binary_cross_entropy_with_logits(
+        torch.logit(probability), labels, pos_weight=pos_weight.cpu()
     )
+    accuracy = float(((probability >= 0.5).float() == labels).float().mean())
+    return float(loss), accuracy
 
 
 def train(
@@ -179,19 +236,29 @@ def train(
     *,
     progress: bool = True,
 ) -> TrainResult:
-    """Fit ``model`` on ``train_set``; keep the weights of the best validation epoch."""
+    """Fit ``model`` on ``train_set``; keep the weights of the best validation epoch.
+
+    The model trains (and stays) on ``config.device``; augmentation draws from a CPU generator,
+    so the random stream is the same on every device.
+    """
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    model.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
     pos_weight = _pos_weight(train_set.labels) if config.balance_classes else torch.tensor(1.0)
-    features_all = torch.from_numpy(train_set.features)
-    masks_all = torch.from_numpy(train_set.masks)
-    labels_all = torch.from_numpy(train_set.labels.astype(np.float32))
+    pos_weight = pos_weight.to(device)
+    # The whole training set sits on the training device (a few hundred MB at most), so a GPU
+    # is not fed batch by batch from host memory.
+    features_all = torch.from_numpy(train_set.features).to(device)
+    masks_all = torch.from_numpy(train_set.masks).to(device)
+    labels_all = torch.from_numpy(train_set.labels.astype(np.float32)).to(device)
+    passes = max(1, -(-config.min_epoch_samples // max(len(train_set), 1)))
 
     best_loss, best_epoch, best_state = float("inf"), -1, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
@@ -199,12 +266,15 @@ def train(
     bar = tqdm(range(config.epochs), desc="training", disable=not progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(train_set), generator=generator)
+        order = torch.cat(
+            [torch.randperm(len(train_set), generator=generator) for _ in range(passes)]
+        )[: max(len(train_set), config.min_epoch_samples)]
         running, seen = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
             if len(index) < 2:  # BatchNorm needs more than one sample
                 continue
+            index = index.to(device)
             features, masks = features_all[index], masks_all[index]
             if config.augment:
                 features, masks = _augment(features, masks, generator, config)
@@ -217,8 +287,9 @@ def train(
             running += float(loss.detach()) * len(index)
             seen += len(index)
         scheduler.step()
-        val_loss = evaluate_loss(model, val_set, pos_weight)
-        val_accuracy = float(np.mean((predict(model, val_set) >= 0.5) == val_set.labels))
+        if config.precise_batchnorm:
+            recompute_batchnorm(model, features_all, masks_all)
+        val_loss, val_accuracy = validation_scores(model, val_set, pos_weight)
         history.append(
             {
                 "epoch": epoch,
@@ -237,6 +308,8 @@ def train(
             val_loss,
             val_accuracy,
         )
+        if epoch < min(config.min_epochs, config.epochs - 1):
+            continue  # warm-up: neither a candidate nor a reason to stop
         if val_loss < best_loss - 1e-4:
             best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
         elif config.restore_best and epoch - best_epoch >= config.patience:
