@@ -262,54 +262,140 @@ def train(
         Path | None, typer.Option(help="Model repository to publish into (default: settings).")
     ] = None,
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "hscnn-sim",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="simulated: fresh simulated plates; database: this service's plates with FCT "
+            "labels (split by plate); folder: an ImageFolder tree given by --data (split by "
+            "--group-by)."
+        ),
+    ] = "simulated",
+    plates: Annotated[
+        list[str] | None,
+        typer.Option("--plate", help="--source database: only these barcodes (repeat)."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="--source folder: root of <class>/<image> folders."),
+    ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            help="--source folder: regex on file stems naming the group that must not straddle "
+            "splits ('celltype' = <line>-<field>); default: each image its own group."
+        ),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(min=16, help="--source folder: network input height = width (pixels)."),
+    ] = None,
+    architecture: Annotated[
+        str, typer.Option(help="Registered network (scnn, resnet18, vgg11).")
+    ] = "scnn",
     train_plates: Annotated[int, typer.Option(min=1, help="Simulated training plates.")] = 4,
     val_plates: Annotated[int, typer.Option(min=1, help="Simulated validation plates.")] = 1,
     test_plates: Annotated[int, typer.Option(min=1, help="Simulated held-out test plates.")] = 2,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
-    seed: Annotated[int, typer.Option(help="Seeds the simulator plates and training.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the plates or split, and training.")] = 0,
     difficulty: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Simulator class overlap.")
     ] = 0.5,
+    device: Annotated[
+        str, typer.Option(help="cpu (deterministic), cuda, or auto (CUDA when available).")
+    ] = "cpu",
     run_id: Annotated[
         int | None, typer.Option(help="Report to this training run (set by the API).")
     ] = None,
 ) -> None:
-    """Train the SCNN on freshly simulated plates and publish a new model version."""
+    """Train a network on simulated plates, labelled plates or an image folder; publish it."""
+    arguments = dict(locals())
     if run_id is not None:
-        _train_for_run(
-            run_id,
-            lambda: train(
-                repository, name, train_plates, val_plates, test_plates, epochs, seed, difficulty
-            ),
-        )
+        _train_for_run(run_id, lambda: train(**(arguments | {"run_id": None})))
         return
     try:
-        from training.jobs import SimulatedTrainingJob
-        from training.trainer import TrainConfig
+        from training import jobs
+        from training.trainer import TrainConfig, resolve_device
     except ImportError as exc:
         raise UserError(
             "training needs the 'train' extra (PyTorch, onnx): "
             f"pip install 'mscreen[train]' ({exc})"
         ) from exc
-    from hardware.simulation import SimulationConfig
+    from models.networks import registered_models
+    from models.pipeline import PipelineConfig
 
-    job = SimulatedTrainingJob(
-        repository=repository or get_settings().model_repository,
-        name=name,
-        train_plates=train_plates,
-        val_plates=val_plates,
-        test_plates=test_plates,
-        simulation=SimulationConfig(seed=seed, difficulty=difficulty),
-        train_config=TrainConfig(epochs=epochs, seed=seed),
-    )
-    artifact, card = job.run()
+    if architecture not in registered_models():
+        raise UserError(f"--architecture {architecture!r} unknown; known: {registered_models()}")
+    try:
+        resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"--device: {exc}") from exc
+    settings = get_settings()
+    train_config = TrainConfig(epochs=epochs, seed=seed, device=device)
+    target = repository or settings.model_repository
+    try:
+        if source == "simulated":
+            from hardware.simulation import SimulationConfig
+
+            artifact, card = jobs.SimulatedTrainingJob(
+                repository=target,
+                name=name,
+                architecture=architecture,
+                train_plates=train_plates,
+                val_plates=val_plates,
+                test_plates=test_plates,
+                simulation=SimulationConfig(seed=seed, difficulty=difficulty),
+                train_config=train_config,
+            ).run()
+        elif source in ("database", "folder"):
+            pipeline = PipelineConfig()
+            if source == "database":
+                from app import db
+                from app.runtime import serving_bit_depth
+
+                engine = db.make_engine(settings.resolved_database_url)
+                try:
+                    prepared = jobs.database_training_data(
+                        db.make_session_factory(engine),
+                        pipeline,
+                        barcodes=plates,
+                        bit_depth=serving_bit_depth(settings),
+                        seed=seed,
+                    )
+                finally:
+                    engine.dispose()
+            else:
+                if data is None:
+                    raise UserError("--source folder needs --data DIR")
+                from training.datasets import CELLTYPE_GROUP_PATTERN
+
+                if size is not None:
+                    pipeline = PipelineConfig(height=size, width=size)
+                pattern = CELLTYPE_GROUP_PATTERN if group_by == "celltype" else group_by
+                prepared = jobs.folder_training_data(data, pipeline, group_by=pattern, seed=seed)
+            artifact, card = jobs.train_and_publish(
+                prepared,
+                repository=target,
+                name=name,
+                architecture=architecture,
+                pipeline=pipeline,
+                train_config=train_config,
+            )
+        else:
+            raise UserError(f"--source must be simulated, database or folder, not {source!r}")
+    except ValueError as exc:  # data the user can fix: too few plates, bad folder, no labels
+        raise UserError(str(exc)) from exc
     test = card["metrics"]["test"]  # type: ignore[index]
     metrics, ci = test["metrics"], test["ci95"]
+
+    def figure(value: float | None) -> str:  # None: undefined (e.g. AUC on one class)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    low, high = ci.get("accuracy") or (None, None)
     typer.echo(
         f"published {artifact.name} v{artifact.version} at {artifact.directory}\n"
-        f"held-out simulated plates: accuracy {metrics['accuracy']:.3f} "
-        f"(95% CI {ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}), "
-        f"AUC {metrics['auc']:.3f}, n={metrics['n']}"
+        f"held-out {source} data: accuracy {figure(metrics['accuracy'])} "
+        f"(95% CI {figure(low)}-{figure(high)}), AUC {figure(metrics.get('auc'))}, "
+        f"n={metrics['n']}"
     )
 
 

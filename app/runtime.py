@@ -113,13 +113,21 @@ def _keep_logging_config() -> Iterator[None]:
         root.setLevel(level)
 
 
+def serving_bit_depth(settings: Settings) -> int | None:
+    """Significant bits of the configured camera's frames, as serving prepares them (training
+    on stored frames must use the same, or it sees darker images than serving did)."""
+    if settings.microscope in ("simulated", "pycromanager-sim"):
+        return SimulationConfig(seed=settings.simulation_seed).bit_depth
+    return settings.camera_bit_depth
+
+
 def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
     """The configured microscope as a plate scanner: (instrument name, scanner, bit depth)."""
     if settings.microscope in ("simulated", "pycromanager-sim"):
         config = SimulationConfig(seed=settings.simulation_seed)
         name = settings.microscope_id or "simulated"
         if settings.microscope == "simulated":
-            return name, StepScanner(SimulatedMicroscope(config)), config.bit_depth
+            return name, StepScanner(SimulatedMicroscope(config)), serving_bit_depth(settings)
         with _keep_logging_config():
             from hardware.mm_devices import build_simulated_core, set_plate
             from hardware.pycromanager_driver import PycromanagerScanner
@@ -128,7 +136,7 @@ def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
         scanner = PycromanagerScanner(
             core=core, load_plate=lambda barcode: set_plate(core, barcode)
         )
-        return name, scanner, config.bit_depth
+        return name, scanner, serving_bit_depth(settings)
     with _keep_logging_config():
         from hardware.pycromanager_driver import PycromanagerScanner
 
@@ -139,8 +147,8 @@ def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
         headless = PycromanagerScanner.start_headless(
             str(settings.mm_app_path), str(settings.mm_config), port=settings.mm_port
         )
-        return name, headless, settings.camera_bit_depth
-    return name, PycromanagerScanner(port=settings.mm_port), settings.camera_bit_depth
+        return name, headless, serving_bit_depth(settings)
+    return name, PycromanagerScanner(port=settings.mm_port), serving_bit_depth(settings)
 
 
 def _serving_artifact(

@@ -46,7 +46,10 @@ def start_training_run(runtime: Runtime, params: dict[str, Any], *, requested_by
         "--test-plates", str(params["test_plates"]),
         "--epochs", str(params["epochs"]),
         "--seed", str(params["seed"]),
+        "--source", str(params.get("source", "simulated")),
     ]  # fmt: skip
+    for barcode in params.get("plates") or []:
+        command += ["--plate", str(barcode)]
     env = dict(
         os.environ,
         MSCREEN_DATABASE_URL=settings.resolved_database_url,

@@ -1,5 +1,6 @@
 """Datasets from an ImageFolder tree and from labelled plates in the app DB (tiny files)."""
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def test_qc_excluded_files_are_counted(tmp_path):
     assert len(data) == 2 and data.excluded == 1
 
 
-def test_database_image_set_reads_labelled_plates(tmp_path):
+def _labelled_database(tmp_path: Path, barcodes: list[str], wells: list[tuple[str, str | None]]):
+    """A SQLite app database holding one scan per plate: one stored 16-bit field per well and,
+    where the label is not None, an FCT measurement. Returns a session factory."""
     from app.db import make_engine, make_session_factory
     from app.orm import Base, FctMeasurement, Image, Plate, Scan, Well
     from app.storage import ImageStore
@@ -142,19 +145,19 @@ def test_database_image_set_reads_labelled_plates(tmp_path):
     store = ImageStore(tmp_path / "images")
     now = datetime.now(UTC)
     with factory() as session:
-        for p, barcode in enumerate(["P-1", "P-2"]):
+        for p, barcode in enumerate(barcodes):
             plate = Plate(barcode=barcode)
             session.add(plate)
             session.flush()
             scan = Scan(
                 plate_id=plate.id,
                 objective="40x",
-                wells_requested=["A1", "A2", "A3"],
+                wells_requested=[name for name, _ in wells],
                 microscope="test",
             )
             session.add(scan)
             session.flush()
-            for w, (name, label) in enumerate([("A1", "high"), ("A2", "low"), ("A3", None)]):
+            for w, (name, label) in enumerate(wells):
                 well = Well(plate_id=plate.id, name=name, row=0, column=w)
                 session.add(well)
                 session.flush()
@@ -186,7 +189,7 @@ def test_database_image_set_reads_labelled_plates(tmp_path):
                         qc_flags=[],
                     )
                 )
-                if label is not None:  # A3 has no FCT: not a training sample
+                if label is not None:  # no FCT: not a training sample
                     session.add(
                         FctMeasurement(
                             well_id=well.id,
@@ -198,6 +201,13 @@ def test_database_image_set_reads_labelled_plates(tmp_path):
                     )
         session.commit()
 
+    return factory
+
+
+def test_database_image_set_reads_labelled_plates(tmp_path):
+    factory = _labelled_database(
+        tmp_path, ["P-1", "P-2"], [("A1", "high"), ("A2", "low"), ("A3", None)]
+    )
     data = database_image_set(factory, PIPELINE, progress=False)
     assert data.labels.tolist() == [1, 0, 1, 0]
     assert data.groups.tolist() == ["P-1", "P-1", "P-2", "P-2"]
@@ -208,3 +218,63 @@ def test_database_image_set_reads_labelled_plates(tmp_path):
     assert set(only.groups) == {"P-2"}
     with pytest.raises(ValueError, match="no stored images"):
         database_image_set(factory, PIPELINE, barcodes=["NONE"], progress=False)
+
+
+def test_database_training_data_splits_by_plate_and_publishes(tmp_path):
+    from models.repository import ModelRepository
+    from training.jobs import database_training_data, train_and_publish
+    from training.trainer import TrainConfig
+
+    wells = [("A1", "high"), ("A2", "low"), ("A3", "high"), ("A4", "low")]
+    factory = _labelled_database(tmp_path, ["P-1", "P-2", "P-3"], wells)
+    data = database_training_data(factory, PIPELINE, seed=0, progress=False)
+    parts = [set(part.groups.tolist()) for part in (data.train, data.val, data.test)]
+    assert sorted(set().union(*parts)) == ["P-1", "P-2", "P-3"]
+    assert all(len(p) == 1 for p in parts)  # one plate each: no plate straddles
+    assert data.provenance["source"] == "database"
+    artifact, card = train_and_publish(
+        data,
+        repository=tmp_path / "repo",
+        name="from-db",
+        pipeline=PIPELINE,
+        train_config=TrainConfig(epochs=1, batch_size=2),
+        progress=False,
+    )
+    assert artifact.version == 1 and (artifact.directory / "model.onnx").is_file()
+    assert card["data"]["images"] == {"train": 4, "val": 4, "test": 4}
+    assert card["training"]["config"]["intensity_bands"]  # jitter on this pipeline's bands
+    assert ModelRepository(tmp_path / "repo").versions("from-db") == [1]
+
+    two = _labelled_database(tmp_path / "two", ["Q-1", "Q-2"], wells)
+    with pytest.raises(ValueError, match="at least 3 groups"):
+        database_training_data(two, PIPELINE, progress=False)
+
+
+def test_train_command_on_an_image_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    root = tmp_path / "data"
+    for c, name in enumerate(["lineA", "lineB"]):
+        for group in range(3):
+            for index in range(2):
+                _write(
+                    root / name / f"{name}-{group}-{index}.png",
+                    _cells(100 * c + 10 * group + index),
+                )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train", "--source", "folder", "--data", str(root), "--size", "32",
+            "--group-by", r"^([^-]+-\d+)", "--epochs", "1",
+            "--repository", str(tmp_path / "repo"), "--name", "folder-model",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "published folder-model v1" in result.output
+    card = json.loads((tmp_path / "repo" / "folder-model" / "1" / "model_card.json").read_text())
+    assert card["data"]["source"] == "image_folder" and card["data"]["label_1_means"] == "lineB"
+    assert card["pipeline"]["height"] == 32
+    missing = CliRunner().invoke(cli, ["train", "--source", "folder", "--epochs", "1"])
+    assert missing.exit_code != 0

@@ -394,3 +394,55 @@ def test_upload_edge_cases_are_4xx_not_5xx(service):
     )
     assert response.status_code == 422
     assert _count(service, FctMeasurement) == 0
+
+
+@pytest.mark.slow
+def test_retraining_from_the_labelled_plates_in_the_database(tmp_path, settings):
+    """The product's loop: scan plates, upload their FCT, retrain on them through the API."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app.auth import create_key
+    from app.db import session_scope
+    from app.main import create_app
+    from app.orm import Role
+    from models.repository import BUNDLED_REPOSITORY
+
+    settings.model_repository = tmp_path / "repo"
+    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", settings.model_repository / "hscnn-sim")
+    config = SimulationConfig(seed=settings.simulation_seed)
+    with TestClient(create_app(settings)) as client:
+        with session_scope(client.app.state.runtime.session_factory) as session:
+            client.headers["X-API-Key"] = create_key(session, "admin", Role.admin)
+        barcodes = ["LAB-1", "LAB-2", "LAB-3"]
+        for barcode in barcodes:
+            scan = client.post("/api/v1/scans", json={"plate_barcode": barcode, "wells": SIX_WELLS})
+            assert scan.status_code == 202, scan.text
+            finished = wait_for_scan(client, scan.headers["Location"])
+            assert finished["status"] == "completed", finished
+            uploaded = client.put(
+                f"/api/v1/plates/{barcode}/fct",
+                content=fct_export_csv(config, barcode),
+                headers={"Content-Type": "text/csv"},
+            )
+            assert uploaded.status_code == 200, uploaded.text
+        body = {"name": "hscnn-lab", "source": "database", "plates": barcodes, "epochs": 1}
+        started = client.post("/api/v1/training-runs", json=body)
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 400
+        while (run := client.get(started.json()["url"]).json())["status"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, run
+            time.sleep(1.0)
+        assert run["status"] == "completed", (run["error"], run["log_tail"][-15:])
+        assert run["model_version"] == 1
+        listed = client.get("/api/v1/models").json()
+        card = next(m for m in listed if m["name"] == "hscnn-lab")["card"]
+        assert card["data"]["source"] == "database"
+        assert card["data"]["plates"] == barcodes
+        groups = [set(card["data"][f"{role}_groups"]) for role in ("train", "val", "test")]
+        assert set().union(*groups) == set(barcodes) and sum(map(len, groups)) == 3
+        assert card["data"]["images"]["train"] + card["data"]["images"]["val"] > 0

@@ -1,10 +1,14 @@
-"""Training jobs the CLI runs: train on simulated plates, evaluate on held-out plates, publish."""
+"""Training jobs `mscreen train` runs: prepare data from one of three sources (freshly simulated
+plates, labelled plates in the database, an ImageFolder tree), split it so no plate or source
+field straddles train / validation / test, train, evaluate the held-out part, publish."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +18,16 @@ from models.networks import MaskedClassifier, create_model
 from models.pipeline import PipelineConfig
 from models.repository import ModelArtifact, ModelRepository
 from training.data import ImageSet, simulated_image_set
+from training.datasets import database_image_set, image_folder_set
 from training.publish import publish
-from training.trainer import TrainConfig, predict, seed_everything, train
+from training.splits import grouped_split
+from training.trainer import (
+    TrainConfig,
+    intensity_band_indices,
+    predict,
+    seed_everything,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +67,11 @@ class SimulatedTrainingJob:
 
     def run(self) -> tuple[ModelArtifact, dict[str, object]]:
         seed_everything(self.train_config.seed)
-        train_set = self._images("train", self.train_plates)
-        val_set = self._images("val", self.val_plates)
-        test_set = self._images("test", self.test_plates)
-        in_bands = int(train_set.features.shape[1])
-        model = create_model(self.architecture, in_bands=in_bands)
-        result = train(model, train_set, val_set, self.train_config, progress=self.progress)
-        test_metrics = evaluate(result.model, test_set)
-        card: dict[str, object] = {
-            "intended_use": (
-                "Demonstration and integration testing only: trained on SIMULATED phase-contrast "
-                "plates from hardware.simulation, not on real MSC images. Do not use for real "
-                "cell-therapy decisions."
-            ),
-            "data": {
+        data = TrainingData(
+            train=self._images("train", self.train_plates),
+            val=self._images("val", self.val_plates),
+            test=self._images("test", self.test_plates),
+            provenance={
                 "source": "simulated",
                 "simulation": asdict(self.simulation) | {"plate": "SBS-96"},
                 "objective": self.objective,
@@ -76,27 +79,172 @@ class SimulatedTrainingJob:
                 "train_plates": self.barcodes("train", self.train_plates),
                 "val_plates": self.barcodes("val", self.val_plates),
                 "test_plates": self.barcodes("test", self.test_plates),
-                "images": {"train": len(train_set), "val": len(val_set), "test": len(test_set)},
-                "excluded_by_qc": train_set.excluded + val_set.excluded + test_set.excluded,
             },
-            "training": result.summary(),
-            "metrics": {"test": test_metrics},
-        }
-        artifact = publish(
-            result.model,
-            repository=ModelRepository(self.repository),
+            intended_use=SIMULATED_USE,
+        )
+        return train_and_publish(
+            data,
+            repository=self.repository,
             name=self.name,
             architecture=self.architecture,
             pipeline=self.pipeline,
-            in_bands=in_bands,
-            card=card,
+            train_config=self.train_config,
+            progress=self.progress,
         )
-        return artifact, card
+
+
+SIMULATED_USE = (
+    "Demonstration and integration testing only: trained on SIMULATED phase-contrast "
+    "plates from hardware.simulation, not on real MSC images. Do not use for real "
+    "cell-therapy decisions."
+)
+
+
+@dataclass
+class TrainingData:
+    """Prepared train / validation / test images and where they came from (for the card)."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    provenance: dict[str, object]
+    intended_use: str
+
+
+def split_by_group(
+    data: ImageSet, *, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Train / validation / test parts in which no group (plate, source field) straddles."""
+    groups = len(set(data.groups.tolist()))
+    if groups < 3:
+        raise ValueError(
+            f"a grouped train/validation/test split needs at least 3 groups; the data has "
+            f"{groups} ({sorted(set(data.groups.tolist()))})"
+        )
+    train_index, val_index, test_index = grouped_split(data.groups, fractions, seed=seed)
+    return data.subset(train_index), data.subset(val_index), data.subset(test_index)
+
+
+def _split_provenance(parts: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, object]:
+    return {
+        f"{role}_groups": sorted(set(part.groups.tolist()))
+        for role, part in zip(("train", "val", "test"), parts, strict=True)
+    }
+
+
+def database_training_data(
+    session_factory: Callable[[], Any],
+    pipeline: PipelineConfig,
+    *,
+    barcodes: Sequence[str] | None = None,
+    bit_depth: int | None = None,
+    seed: int = 0,
+    workers: int | None = 1,
+    progress: bool = True,
+) -> TrainingData:
+    """Stored images of plates with FCT labels, split by plate (a plate never straddles).
+
+    ``bit_depth``: the camera's significant bits, as serving uses them
+    (``app.runtime.serving_bit_depth``); None = 16 for 16-bit frames.
+    """
+    data = database_image_set(
+        session_factory,
+        pipeline,
+        barcodes=barcodes,
+        bit_depth=bit_depth,
+        workers=workers,
+        progress=progress,
+    )
+    parts = split_by_group(data, seed=seed)
+    return TrainingData(
+        *parts,
+        provenance={
+            "source": "database",
+            "plates": sorted(set(data.groups.tolist())),
+            "label": "FCT: high iff CD73+ and CD90+ both > 95 %",
+            "group": "plate barcode",
+            "bit_depth": bit_depth,
+            **_split_provenance(parts),
+        },
+        intended_use=(
+            "Trained on the labelled plates named in data.plates; valid for images taken the "
+            "same way (objective, camera, culture protocol). Check its held-out metrics."
+        ),
+    )
+
+
+def folder_training_data(
+    root: Path,
+    pipeline: PipelineConfig,
+    *,
+    group_by: str | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> TrainingData:
+    """An ImageFolder tree (two class subfolders), split by ``group_by`` groups."""
+    data = image_folder_set(root, pipeline, group_by=group_by, workers=workers, progress=progress)
+    parts = split_by_group(data, seed=seed)
+    return TrainingData(
+        *parts,
+        provenance={
+            "source": "image_folder",
+            "root": str(root),
+            "class_names": list(data.class_names),
+            "label_1_means": data.class_names[1],
+            "group_pattern": group_by,
+            **_split_provenance(parts),
+        },
+        intended_use=(
+            f"Trained on the image folder {root}: its probability is P({data.class_names[1]}) "
+            f"against {data.class_names[0]}, not MSC functionality unless those are the classes."
+        ),
+    )
+
+
+def train_and_publish(
+    data: TrainingData,
+    *,
+    repository: Path,
+    name: str,
+    architecture: str = "scnn",
+    pipeline: PipelineConfig,
+    train_config: TrainConfig,
+    progress: bool = True,
+) -> tuple[ModelArtifact, dict[str, object]]:
+    """Train ``architecture`` on ``data``, evaluate the held-out part, publish ONNX + card."""
+    seed_everything(train_config.seed)
+    if not train_config.intensity_bands:  # jitter the intensity-like bands of this pipeline
+        train_config = replace(train_config, intensity_bands=intensity_band_indices(pipeline.bands))
+    in_bands = int(data.train.features.shape[1])
+    model = create_model(architecture, in_bands=in_bands)
+    result = train(model, data.train, data.val, train_config, progress=progress)
+    test_metrics = evaluate(result.model, data.test)
+    card: dict[str, object] = {
+        "intended_use": data.intended_use,
+        "data": {
+            **data.provenance,
+            "images": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "excluded_by_qc": data.train.excluded + data.val.excluded + data.test.excluded,
+        },
+        "training": result.summary(),
+        "metrics": {"test": test_metrics},
+    }
+    artifact = publish(
+        result.model,
+        repository=ModelRepository(repository),
+        name=name,
+        architecture=architecture,
+        pipeline=pipeline,
+        in_bands=in_bands,
+        card=card,
+    )
+    return artifact, card
 
 
 def evaluate(model: MaskedClassifier, data: ImageSet, threshold: float = 0.5) -> dict[str, object]:
     """Per-image metrics, 95 % bootstrap intervals and ROC points on ``data``."""
     report = evaluate_scores(data.labels, predict(model, data), threshold=threshold)
-    report["unit"] = "image (one field per well: image == well)"
+    report["unit"] = "image (one stored field; simulated plates hold one field per well)"
     report["positive_rate"] = float(np.mean(data.labels))
     return report

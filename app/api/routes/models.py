@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
@@ -84,6 +84,10 @@ class TrainingRunCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
     name: str = Field(default="hscnn-sim", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # "database": retrain on this service's plates that have FCT labels (split by plate; the
+    # *_plates counts below are then unused); "simulated": fresh simulated plates.
+    source: Literal["simulated", "database"] = "simulated"
+    plates: Annotated[list[str], Field(max_length=500)] | None = None  # database: only these
     train_plates: Annotated[int, Field(ge=1, le=50)] = 4
     val_plates: Annotated[int, Field(ge=1, le=20)] = 1
     test_plates: Annotated[int, Field(ge=1, le=20)] = 2
