@@ -23,7 +23,13 @@ from training.experiments import (
 )
 from training.reports import bar_plot, line_plot, markdown_table, write_csv
 from training.splits import grouped_kfold, grouped_split
-from training.trainer import TrainConfig, _augment, intensity_band_indices, resolve_device
+from training.trainer import (
+    TrainConfig,
+    _augment,
+    intensity_band_indices,
+    jitter_bands,
+    resolve_device,
+)
 
 GROUPS = np.array([f"g{i // 3}" for i in range(30)] + ["big"] * 12)  # 10 groups of 3, one of 12
 
@@ -297,3 +303,9 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(monkeypatch):
     assert resolve_device("auto").type == "cpu"
     result = CliRunner().invoke(experiment_cli, ["learning-curve", "--device", "cuda"])
     assert result.exit_code != 0 and "no CUDA GPU" in result.output
+
+
+def test_jitter_bands_follow_the_band_source():
+    assert jitter_bands(PipelineConfig(), 6) == (0, 1)  # intensity, gauss_2
+    channels = PipelineConfig(band_source="channels", channels=3)
+    assert jitter_bands(channels, 3) == (0, 1, 2)  # every acquired channel is an intensity

@@ -97,3 +97,34 @@ def test_training_is_deterministic_on_cpu(tiny_sets):
         )
         runs.append(predict(result.model, val_set))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_precise_batchnorm_sets_running_stats_to_the_data_statistics():
+    import torch
+
+    from training.trainer import recompute_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("scnn", in_bands=2)
+    features = torch.randn(10, 2, 24, 32) * 3 + 1
+    masks = torch.ones(10, 1, 24, 32)
+    recompute_batchnorm(model, features, masks, batch_size=4)
+    assert not model.training
+    stem_conv, stem_norm = model.stem[0], model.stem[1]
+    with torch.no_grad():
+        activations = stem_conv(features)
+    # The cumulative average over batches of 4, 4 and 2 weights each batch equally (as precise
+    # BN does), so compare with that, not the pooled mean.
+    batches = [activations[i : i + 4] for i in range(0, 10, 4)]
+    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(dim=0)
+    assert torch.allclose(stem_norm.running_mean, expected, atol=1e-5)
+    assert stem_norm.momentum == 0.1  # restored
+
+
+def test_early_stopping_neither_selects_nor_stops_in_warm_up(tiny_sets):
+    _, _, train_set, val_set = tiny_sets
+    model = create_model("scnn", in_bands=train_set.features.shape[1])
+    config = TrainConfig(epochs=5, batch_size=4, patience=1, min_epochs=3, seed=2)
+    result = train(model, train_set, val_set, config, progress=False)
+    assert result.best_epoch >= 3
+    assert len(result.history) >= 4  # patience 1 could not stop it before epoch 3

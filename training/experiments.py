@@ -36,7 +36,7 @@ from training.reports import (
     write_json,
 )
 from training.splits import grouped_kfold, grouped_split
-from training.trainer import TrainConfig, intensity_band_indices, predict, train
+from training.trainer import TrainConfig, jitter_bands, predict, train
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class ModelSpec:
 
 
 def _train_config(base: TrainConfig, pipeline: PipelineConfig) -> TrainConfig:
-    return replace(base, intensity_bands=intensity_band_indices(pipeline.bands))
+    in_bands = pipeline.channels or len(pipeline.bands)
+    return replace(base, intensity_bands=jitter_bands(pipeline, in_bands))
 
 
 def _fit_predict(

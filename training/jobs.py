@@ -23,7 +23,7 @@ from training.publish import publish
 from training.splits import grouped_split
 from training.trainer import (
     TrainConfig,
-    intensity_band_indices,
+    jitter_bands,
     predict,
     seed_everything,
     train,
@@ -214,9 +214,9 @@ def train_and_publish(
 ) -> tuple[ModelArtifact, dict[str, object]]:
     """Train ``architecture`` on ``data``, evaluate the held-out part, publish ONNX + card."""
     seed_everything(train_config.seed)
-    if not train_config.intensity_bands:  # jitter the intensity-like bands of this pipeline
-        train_config = replace(train_config, intensity_bands=intensity_band_indices(pipeline.bands))
     in_bands = int(data.train.features.shape[1])
+    if not train_config.intensity_bands:  # jitter the intensity-like bands of this pipeline
+        train_config = replace(train_config, intensity_bands=jitter_bands(pipeline, in_bands))
     model = create_model(architecture, in_bands=in_bands)
     result = train(model, data.train, data.val, train_config, progress=progress)
     test_metrics = evaluate(result.model, data.test)

@@ -15,6 +15,7 @@ from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
 from models.networks import MaskedClassifier
+from models.pipeline import PipelineConfig
 from training.data import ImageSet
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,15 @@ INTENSITY_LIKE_BANDS = frozenset({"intensity", "gauss_1", "gauss_2", "gauss_4"})
 def intensity_band_indices(bands: Sequence[str]) -> tuple[int, ...]:
     """Indices of the intensity-like bands in a pipeline's ``bands`` (for intensity jitter)."""
     return tuple(i for i, name in enumerate(bands) if name in INTENSITY_LIKE_BANDS)
+
+
+def jitter_bands(pipeline: PipelineConfig, in_bands: int) -> tuple[int, ...]:
+    """The feature bands an exposure change would scale: the intensity-like filter-bank bands,
+    or, with ``band_source="channels"``, every band (each is an acquired channel's intensity;
+    ``pipeline.bands`` then names filter-bank bands that are not used)."""
+    if pipeline.band_source == "channels":
+        return tuple(range(in_bands))
+    return intensity_band_indices(pipeline.bands)
 
 
 def _augment(
