@@ -177,6 +177,15 @@ def test_cv_command_writes_csv_markdown_and_png(tmp_path):
     assert all(int(f["test_groups"]) == 4 for f in folds)  # 8 fields over 2 folds
     assert "p =" in (out / "summary.md").read_text()
 
+    no_ssn = tmp_path / "no-ssn"
+    args = ["cv", "--data", str(data), "--folds", "2", "--size", "32", "--group-by", "celltype"]
+    result = CliRunner().invoke(
+        experiment_cli, [*args, "--epochs", "1", "--ws", "1", "--out", str(no_ssn)]
+    )
+    assert result.exit_code == 0, result.output
+    only = json.loads((no_ssn / "summary.json").read_text())["summary"]
+    assert [(r["variant"], r["ws"]) for r in only] == [("no_hsm (ws=1)", 1)]  # nothing to ablate
+
 
 def test_cv_command_rejects_a_one_class_folder(tmp_path):
     (tmp_path / "d" / "only").mkdir(parents=True)

@@ -134,6 +134,10 @@ def cv(
     ablation: Annotated[
         bool, typer.Option("--ablation/--no-ablation", help="Also run without HSM (ws=1).")
     ] = True,
+    ws: Annotated[
+        int, typer.Option("--ws", min=1, help="SSCD window of the main run (1 = no SSN).")
+    ] = 9,
+    k: Annotated[int, typer.Option("--k", min=2, help="SSN count of the main run.")] = 12,
     tta: Annotated[
         bool, typer.Option("--tta/--no-tta", help="Average test calls over the 8 symmetries.")
     ] = False,
@@ -164,6 +168,8 @@ def cv(
         folds=folds,
         size=size,
         ablation=ablation,
+        ws=ws,
+        k=k,
         seed=seed,
         workers=workers,
         group_by=pattern,

@@ -132,6 +132,8 @@ class CVSettings:
     folds: int = 5
     size: int = 112  # celltype crops are 224 x 224 single cells; pipeline height = width = size
     ablation: bool = True  # also run without HSM (ws=1)
+    ws: int = 9  # SSCD window of the main variant (1 = no SSN: then there is no ablation)
+    k: int = 12
     seed: int = 0
     workers: int | None = None
     group_by: str | None = None
@@ -147,9 +149,10 @@ def cv_experiment(
     from training.datasets import image_folder_set
 
     started = time.perf_counter()
-    variants = {"hsm": PipelineConfig(height=settings.size, width=settings.size)}
-    if settings.ablation:
-        variants["no_hsm (ws=1)"] = replace(variants["hsm"], ws=1)
+    main = PipelineConfig(height=settings.size, width=settings.size, ws=settings.ws, k=settings.k)
+    variants = {"hsm" if main.ws > 1 else "no_hsm (ws=1)": main}
+    if settings.ablation and main.ws > 1:
+        variants["no_hsm (ws=1)"] = replace(main, ws=1)
     rows: list[dict[str, Any]] = []
     scores: dict[str, np.ndarray] = {}
     summary_rows: list[dict[str, Any]] = []
@@ -240,7 +243,7 @@ def cv_experiment(
         "classes": list(class_names),
         "positive_class": class_names[1] if len(class_names) > 1 else None,
         "settings": asdict(settings),
-        "pipeline": variants["hsm"].to_dict(),
+        "pipeline": main.to_dict(),
         "summary": summary_rows,
         "paired": paired,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -653,14 +656,16 @@ def write_learning_curve_report(
         errors=spread("accuracy"),
         legend_bottom=True,
     )
+    devices = sorted({str(r["device"]) for r in rows})
+    slowest = max(float(r["train_seconds mean"]) for r in aggregate)
     line_plot(
         series("train_seconds"),
         out_dir / "seconds.png",
-        title="training time (mean over seeds)",
+        title=f"training time on {', '.join(devices)} (mean over seeds)",
         xlabel="training images",
         ylabel="seconds",
+        ylim=(0.0, 1.35 * slowest),  # from zero, with headroom for the legend
     )
-    devices = sorted({str(r["device"]) for r in rows})
     summary = {
         "experiment": "learning-curve",
         "description": description,
