@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -289,6 +290,15 @@ def train(
         int | None,
         typer.Option(min=16, help="--source folder: network input height = width (pixels)."),
     ] = None,
+    ws: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="SSCD window: 1 = no spatial-spectral neighbours (the default, see "
+            "docs/experiments.md, HSM ablation); 9 with --k 12 = the paper's HSM.",
+        ),
+    ] = 1,
+    k: Annotated[int, typer.Option(min=2, help="SSN count K (with --ws > 1).")] = 12,
     architecture: Annotated[
         str, typer.Option(help="Registered network (scnn, resnet18, vgg11).")
     ] = "scnn",
@@ -321,7 +331,6 @@ def train(
             f"pip install 'mscreen[train]' ({exc})"
         ) from exc
     from models.networks import registered_models
-    from models.pipeline import PipelineConfig
 
     if architecture not in registered_models():
         raise UserError(f"--architecture {architecture!r} unknown; known: {registered_models()}")
@@ -333,6 +342,7 @@ def train(
     train_config = TrainConfig(epochs=epochs, seed=seed, device=device)
     target = repository or settings.model_repository
     try:
+        pipeline = replace(jobs.TRAINING_PIPELINE, ws=ws, k=k)  # validated: ValueError
         if source == "simulated":
             from hardware.simulation import SimulationConfig
 
@@ -340,6 +350,7 @@ def train(
                 repository=target,
                 name=name,
                 architecture=architecture,
+                pipeline=pipeline,
                 train_plates=train_plates,
                 val_plates=val_plates,
                 test_plates=test_plates,
@@ -347,7 +358,6 @@ def train(
                 train_config=train_config,
             ).run()
         elif source in ("database", "folder"):
-            pipeline = PipelineConfig()
             if source == "database":
                 from app import db
                 from app.runtime import serving_bit_depth
@@ -369,7 +379,7 @@ def train(
                 from training.datasets import CELLTYPE_GROUP_PATTERN
 
                 if size is not None:
-                    pipeline = PipelineConfig(height=size, width=size)
+                    pipeline = replace(pipeline, height=size, width=size)
                 pattern = CELLTYPE_GROUP_PATTERN if group_by == "celltype" else group_by
                 prepared = jobs.folder_training_data(data, pipeline, group_by=pattern, seed=seed)
             artifact, card = jobs.train_and_publish(

@@ -276,5 +276,8 @@ def test_train_command_on_an_image_folder(tmp_path):
     card = json.loads((tmp_path / "repo" / "folder-model" / "1" / "model_card.json").read_text())
     assert card["data"]["source"] == "image_folder" and card["data"]["label_1_means"] == "lineB"
     assert card["pipeline"]["height"] == 32
+    assert card["pipeline"]["ws"] == 1  # new models train without SSNs (HSM ablation)
     missing = CliRunner().invoke(cli, ["train", "--source", "folder", "--epochs", "1"])
-    assert missing.exit_code != 0
+    assert missing.exit_code != 0 and "--data" in str(missing.exception)
+    bad = CliRunner().invoke(cli, ["train", "--ws", "3", "--k", "12", "--epochs", "1"])
+    assert bad.exit_code != 0 and "k" in str(bad.exception)

@@ -86,10 +86,13 @@ class _Axes:
         return round(u), round(v)
 
     def yticks(self, count: int = 5) -> None:
+        step = (self.ylim[1] - self.ylim[0]) / max(count - 1, 1)
+        # Enough decimals that neighbouring ticks never print the same label.
+        decimals = min(max(2, int(np.ceil(-np.log10(step))) + 1 if step > 0 else 2), 6)
         for value in np.linspace(*self.ylim, count):
             u, v = self.px(self.xlim[0], float(value))
             cv2.line(self.image, (u - 4, v), (u, v), (0, 0, 0), 1)
-            self.text(f"{value:.2f}", (u - 50, v + 5), 0.4)
+            self.text(f"{value:.{decimals}f}", (u - 56, v + 5), 0.4)
 
     def xticks(self, values: Sequence[float], labels: Sequence[str] | None = None) -> None:
         for i, value in enumerate(values):
