@@ -33,11 +33,13 @@ demo: $(VENV)/.service-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
 
+# ruff, then the package layers (import-linter contracts in pyproject.toml).
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.dev-installed
-	$(BIN)/mypy app models training hardware
+	$(BIN)/mypy app cli store models training hardware migrations
 
 check: lint typecheck test
 

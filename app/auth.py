@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.orm import ApiKey, AuditEvent, Role
+from app.errors import ConflictError, NotFoundError
+from store.orm import ApiKey, AuditEvent, Role
 
 KEY_PREFIX = "msk_"
 
@@ -65,7 +66,7 @@ def hash_key(secret: str) -> str:
 def create_key(session: Session, name: str, role: Role) -> str:
     """Store a new key and return its secret (shown once, never stored)."""
     if session.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
-        raise ValueError(f"an API key named {name!r} already exists")
+        raise ConflictError(f"an API key named {name!r} already exists")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(name=name, role=role, prefix=secret[:12], key_hash=hash_key(secret)))
     session.flush()
@@ -85,10 +86,35 @@ def authenticate(session: Session, secret: str) -> Principal | None:
 def revoke_key(session: Session, name: str) -> None:
     key = session.scalar(select(ApiKey).where(ApiKey.name == name))
     if key is None:
-        raise LookupError(f"no API key named {name!r}")
+        raise NotFoundError(f"no API key named {name!r}")
     key.revoked_at = key.revoked_at or datetime.now(UTC)
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
 def audit(session: Session, actor: str, action: str, target: str, **details: Any) -> None:
     """Record a write in the same transaction as the write itself."""
     session.add(AuditEvent(actor=actor, action=action, target=target, details=details))
+
+
+def issue_key(session: Session, name: str, role: Role, *, actor: str) -> str:
+    """:func:`create_key`, audited; the caller's transaction must commit before showing it."""
+    secret = create_key(session, name, role)
+    audit(session, actor, "key.create", f"key:{name}", role=role.value)
+    return secret
+
+
+def revoke(session: Session, name: str, *, actor: str, cache: KeyCache | None = None) -> None:
+    """Revoke ``name``, audited, committed, then forget this process's cached keys (other
+    processes forget it within their cache's TTL).
+
+    The commit comes before the cache is cleared: cleared first, a request in between could
+    re-cache the still-valid key for another few seconds.
+    """
+    revoke_key(session, name)
+    audit(session, actor, "key.revoke", f"key:{name}")
+    session.commit()
+    if cache is not None:
+        cache.clear()

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hardware.microscope import AcquiredField
+from models.inference import OnnxClassifier
 from models.pipeline import PreparedImage, prepare
-from models.runtime import OnnxClassifier
 
 
 @dataclass

@@ -10,7 +10,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.orm import (
+from app.errors import NotFoundError
+from app.wells import plate_or_error, scan_or_error
+from models.metrics import delong, evaluate, json_safe, mcnemar
+from store import queries
+from store.orm import (
     FctMeasurement,
     ManualCall,
     Plate,
@@ -20,10 +24,9 @@ from app.orm import (
     WellResult,
     WellStatus,
 )
-from models.metrics import delong, evaluate, json_safe, mcnemar
 
 
-class NothingToEvaluateError(LookupError):
+class NothingToEvaluateError(NotFoundError):
     """No well has both a call and an FCT label."""
 
 
@@ -153,3 +156,26 @@ def evaluate_plates(
     report = _report(records, threshold=threshold, resamples=resamples)
     report["plates"] = [p.barcode for p in plates]
     return dict(json_safe(report))
+
+
+def evaluate_barcode(
+    session: Session, barcode: str, *, scan_id: int | None = None, resamples: int = 2000
+) -> dict[str, Any]:
+    """:func:`evaluate_plate` for the plate called ``barcode`` (and one of its scans)."""
+    plate = plate_or_error(session, barcode)
+    scan = scan_or_error(session, plate, scan_id) if scan_id is not None else None
+    return evaluate_plate(session, plate, scan=scan, resamples=resamples)
+
+
+def evaluate_barcodes(
+    session: Session, barcodes: Sequence[str] | None, *, resamples: int = 2000
+) -> dict[str, Any]:
+    """:func:`evaluate_plates` over these barcodes (None: every plate with FCT ground truth)."""
+    if barcodes is not None:
+        plates = queries.plates_by_barcode(session, barcodes)
+        missing = sorted(set(barcodes) - {p.barcode for p in plates})
+        if missing:
+            raise NotFoundError(f"no plate(s) {missing}")
+    else:
+        plates = queries.plates_with_fct(session)
+    return evaluate_plates(session, plates, resamples=resamples)

@@ -7,7 +7,7 @@ the upload. Then the rows are written in the caller's transaction.
 Accepted FCT shapes:
 - a cytometer export: optional ``key,value`` header lines, a blank line, then a table whose
   header starts with ``Well`` and has ``CD73...%`` and ``CD90...%`` columns (and optionally
-  ``Events``), e.g. the simulator's :func:`hardware.simulation.fct_export_csv`;
+  ``Events``), e.g. the simulator's :func:`hardware.sim.fct_export_csv`;
 - a plain table ``well,cd73_pct,cd90_pct[,event_count]``;
 - JSON: a list of ``{"well", "cd73_pct", "cd90_pct", "event_count"?}`` objects.
 A well is "high" iff CD73 % > 95 and CD90 % > 95 (both).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.orm import FctMeasurement, ManualCall, Plate, Well
+from app.auth import audit
 from hardware.plate import SBS_96, PlateGeometry, WellNameError
+from store.orm import FctMeasurement, ManualCall, Plate, Well
+from store.queries import get_or_create_plate
 
 FCT_THRESHOLD_PCT = 95.0
 MAX_EVENTS = 2**31 - 1  # the event_count column is a 32-bit integer
@@ -304,3 +307,48 @@ def store_manual(session: Session, plate: Plate, rows: Sequence[ManualRow], oper
         session.add(call)
     session.flush()
     return len(rows)
+
+
+def parse_upload(
+    body: bytes, content_type: str, csv_parser: Callable[[str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Rows of an upload: JSON (a list, or ``{"rows": [...]}``) or CSV (by ``csv_parser``)."""
+    text = body.decode("utf-8-sig", errors="replace")
+    if "json" in content_type:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UploadError.single(0, "body", f"not valid JSON: {exc}") from exc
+        rows = data.get("rows") if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise UploadError.single(0, "body", "expected a JSON list of rows")
+        return rows
+    return list(csv_parser(text))
+
+
+def upload_fct(
+    session: Session, barcode: str, body: bytes, content_type: str, *, uploaded_by: str
+) -> int:
+    """Validate a whole FCT upload, then store it (replacing earlier rows of its wells)."""
+    rows = validate_fct(parse_upload(body, content_type, fct_records_from_csv))
+    plate = get_or_create_plate(session, barcode)
+    count = store_fct(session, plate, rows, source=f"upload by {uploaded_by}")
+    audit(session, uploaded_by, "fct.upload", f"plate:{barcode}", rows=count)
+    return count
+
+
+def upload_manual(
+    session: Session,
+    barcode: str,
+    body: bytes,
+    content_type: str,
+    *,
+    operator: str,
+    uploaded_by: str,
+) -> int:
+    """Validate a whole upload of ``operator``'s manual calls, then store it."""
+    rows = validate_manual(parse_upload(body, content_type, manual_records_from_csv))
+    plate = get_or_create_plate(session, barcode)
+    count = store_manual(session, plate, rows, operator=operator)
+    audit(session, uploaded_by, "manual.upload", f"plate:{barcode}", operator=operator, rows=count)
+    return count

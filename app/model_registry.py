@@ -1,4 +1,5 @@
-"""Model versions in the database, mirrored from the model repository on disk."""
+"""Model versions in the database, mirrored from the model repository on disk, and the two
+merged for listing."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import logging
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.orm import ModelVersion
+from app.schemas.models import ModelVersionPublic
 from models.metrics import json_safe
-from models.repository import ModelArtifact
+from models.repository import ModelArtifact, ModelRepository
+from store.orm import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +55,38 @@ def activate(session: Session, row: ModelVersion) -> None:
         )
     session.execute(update(ModelVersion).where(ModelVersion.id != row.id).values(active=False))
     row.active = True
+
+
+def list_versions(session: Session, repository: ModelRepository) -> list[ModelVersionPublic]:
+    """Every version in the repository on disk, with its card and its database status."""
+    rows = {(r.name, r.version): r for r in session.scalars(select(ModelVersion))}
+    out = []
+    for name in repository.names():
+        for version in repository.versions(name):
+            card = repository.get(name, version).card()
+            row = rows.get((name, version))
+            out.append(
+                ModelVersionPublic(
+                    name=name,
+                    version=version,
+                    active=bool(row and row.active),
+                    parity_passed=bool(card.get("parity", {}).get("passed", False)),
+                    sha256=row.sha256 if row else None,
+                    registered=row is not None,
+                    card=card,
+                )
+            )
+    return out
+
+
+def public(row: ModelVersion) -> ModelVersionPublic:
+    """An activated version as the API shows it."""
+    return ModelVersionPublic(
+        name=row.name,
+        version=row.version,
+        active=row.active,
+        parity_passed=row.parity_passed,
+        sha256=row.sha256,
+        registered=True,
+        card=row.card,
+    )

@@ -16,18 +16,21 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db, model_registry
+import migrations
+from app import model_registry
 from app.auth import KeyCache
 from app.classifier import WellClassifier
-from app.orm import ModelVersion
+from app.errors import ConflictError, NotFoundError, UnavailableError
 from app.settings import Settings
-from app.storage import ImageStore
 from app.worker import ScanWorker, WorkerContext
 from hardware.microscope import PlateScanner, StepScanner
 from hardware.plate import PlateGeometry
-from hardware.simulation import SimulatedMicroscope, SimulationConfig
-from models.repository import ModelArtifact, ModelRepository
-from models.runtime import OnnxClassifier
+from hardware.sim import SimulatedMicroscope, SimulationConfig
+from models.inference import OnnxClassifier, RuntimeUnavailableError
+from models.repository import ModelArtifact, ModelNotFoundError, ModelRepository
+from store import db
+from store.images import ImageStore
+from store.orm import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +64,22 @@ class Runtime:
     def activate_model(self, name: str, version: int) -> ModelVersion:
         """Serve ``name`` v``version`` from the next scan on (the scan in flight keeps its model).
 
-        Raises ModelNotFoundError, or ValueError if its parity check did not pass.
+        Raises NotFoundError (no such version), UnavailableError (onnxruntime cannot load it
+        here) or ConflictError (its parity check failed; its weights changed under a version).
         """
-        artifact = self.model_repository.get(name, version)
-        with self._model_lock:
-            classifier, row = load_and_activate(
-                self.settings, self.session_factory, artifact, self.bit_depth
-            )
-            self.worker.use_model(classifier, row.id)
+        try:
+            artifact = self.model_repository.get(name, version)
+            with self._model_lock:
+                classifier, row = load_and_activate(
+                    self.settings, self.session_factory, artifact, self.bit_depth
+                )
+                self.worker.use_model(classifier, row.id)
+        except ModelNotFoundError as exc:
+            raise NotFoundError(str(exc)) from exc
+        except RuntimeUnavailableError as exc:
+            raise UnavailableError(str(exc)) from exc
+        except (ValueError, RuntimeError) as exc:
+            raise ConflictError(str(exc)) from exc
         return row
 
     def close(self) -> None:
@@ -129,8 +140,8 @@ def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
         if settings.microscope == "simulated":
             return name, StepScanner(SimulatedMicroscope(config)), serving_bit_depth(settings)
         with _keep_logging_config():
-            from hardware.mm_devices import build_simulated_core, set_plate
-            from hardware.pycromanager_driver import PycromanagerScanner
+            from hardware.pycromanager import PycromanagerScanner
+            from hardware.sim.mm_devices import build_simulated_core, set_plate
 
         core = build_simulated_core(config)
         scanner = PycromanagerScanner(
@@ -138,7 +149,7 @@ def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
         )
         return name, scanner, serving_bit_depth(settings)
     with _keep_logging_config():
-        from hardware.pycromanager_driver import PycromanagerScanner
+        from hardware.pycromanager import PycromanagerScanner
 
     name = settings.microscope_id or "micromanager"
     if settings.mm_app_path is not None:
@@ -166,7 +177,7 @@ def _serving_artifact(
 def build_runtime(settings: Settings) -> Runtime:
     url = settings.resolved_database_url
     if settings.auto_migrate:
-        db.upgrade(url)
+        migrations.upgrade(url)
     engine = db.make_engine(url)
     session_factory = db.make_session_factory(engine)
     repository = ModelRepository(settings.model_repository)

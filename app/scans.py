@@ -1,4 +1,4 @@
-"""Creating and reading scans (the logic behind the scans router and the CLI)."""
+"""Creating, reading and cancelling scans (the logic behind the scans router and the CLI)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import json
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.schemas import ScanCreate
-from app.orm import Scan, ScanStatus
-from app.plates import get_or_create_plate
+from app.auth import audit
+from app.errors import ConflictError, InvalidRequestError, NotFoundError
+from app.schemas.plates import WellResultPublic
+from app.schemas.scans import ScanCreate, ScanPublic
 from hardware.plate import SBS_96, PlateGeometry
+from store.db import session_scope
+from store.orm import Scan, ScanStatus
+from store.queries import get_or_create_plate, results_after
 
 
-class IdempotencyConflictError(ValueError):
+class IdempotencyConflictError(InvalidRequestError):
     """The Idempotency-Key was used before with a different request body."""
 
 
@@ -72,7 +77,7 @@ def create_scan(
     return scan
 
 
-class ScanStateError(ValueError):
+class ScanStateError(ConflictError):
     """The scan is not in a state that allows the operation."""
 
 
@@ -97,3 +102,68 @@ def cancel_scan(session: Session, scan: Scan) -> None:
         session.refresh(scan)
         raise ScanStateError(f"scan {scan.id} is already {scan.status.value}")
     session.refresh(scan)
+
+
+def start_scan(
+    session: Session,
+    request: ScanCreate,
+    *,
+    microscope: str,
+    requested_by: str,
+    idempotency_key: str | None = None,
+) -> Scan:
+    """Queue ``request`` (committed), or return the scan an earlier same-key request queued.
+
+    Raises InvalidRequestError (a bad well list, a key reused for another body) or
+    ConflictError (a concurrent request created the same new plate: retry).
+    """
+    try:
+        scan = find_idempotent(session, idempotency_key, request) if idempotency_key else None
+        if scan is None:
+            scan = create_scan(
+                session,
+                request,
+                microscope=microscope,
+                requested_by=requested_by,
+                idempotency_key=idempotency_key,
+            )
+            audit(session, requested_by, "scan.create", f"scan:{scan.id}", **request.model_dump())
+            session.commit()
+    except IntegrityError as exc:
+        # A concurrent retry with the same key won the insert: answer with its scan. Without a
+        # key, a concurrent first scan of the same new plate created it first: retry.
+        session.rollback()
+        scan = find_idempotent(session, idempotency_key, request) if idempotency_key else None
+        if scan is None:
+            raise ConflictError("a concurrent request changed this plate; retry") from exc
+    except ValueError as exc:  # WellNameError, or wells listed twice
+        raise InvalidRequestError(str(exc)) from exc
+    return scan
+
+
+def scan_or_error(session: Session, scan_id: int) -> Scan:
+    scan = session.get(Scan, scan_id)
+    if scan is None:
+        raise NotFoundError(f"no scan {scan_id}")
+    return scan
+
+
+def cancel(session: Session, scan_id: int, *, actor: str) -> Scan:
+    """:func:`cancel_scan`, audited (ConflictError if the scan is already finished)."""
+    scan = scan_or_error(session, scan_id)
+    cancel_scan(session, scan)
+    audit(session, actor, "scan.cancel", f"scan:{scan.id}")
+    return scan
+
+
+def snapshot(
+    session_factory: sessionmaker[Session], scan_id: int, after_result_id: int
+) -> tuple[ScanPublic, list[tuple[int, WellResultPublic]]]:
+    """The scan's state and the results committed after ``after_result_id`` (for live events).
+
+    Its own short transaction: an event stream must not hold a session open for its lifetime.
+    """
+    with session_scope(session_factory) as session:
+        scan = session.get_one(Scan, scan_id)
+        results = results_after(session, scan_id, after_result_id)
+        return ScanPublic.of(scan), [(r.id, WellResultPublic.of(r)) for r in results]

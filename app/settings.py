@@ -7,27 +7,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.repository import BUNDLED_REPOSITORY
+from store.settings import StoreSettings
 
 
-class Settings(BaseSettings):
-    """Service configuration. Every field can be set as ``MSCREEN_<FIELD>`` (upper case)."""
-
-    model_config = SettingsConfigDict(env_prefix="MSCREEN_", env_file=".env", extra="ignore")
+class Settings(StoreSettings):
+    """Service configuration. Every field can be set as ``MSCREEN_<FIELD>`` (upper case); the
+    data folder, database URL and image folder come from :class:`StoreSettings`."""
 
     environment: Literal["development", "production"] = "development"
-    data_dir: Path = Field(
-        default=Path("mscreen-data"),
-        description="Where the SQLite database and acquired images live by default.",
-    )
-    database_url: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL; default sqlite:///<data_dir>/mscreen.db. "
-        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
-    )
-    image_dir: Path | None = Field(default=None, description="Default <data_dir>/images.")
     model_repository: Path = Field(
         default=BUNDLED_REPOSITORY,
         description="Triton-layout model repository (<name>/<version>/model.onnx).",
@@ -88,15 +77,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.data_dir / 'mscreen.db').resolve()}"
-
-    @property
-    def resolved_image_dir(self) -> Path:
-        return (self.image_dir or self.data_dir / "images").resolve()
 
 
 @lru_cache

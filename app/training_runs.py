@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
-from app.orm import TrainingRun, TrainingRunStatus
+from app.auth import audit
+from app.errors import NotFoundError
+from models.training_spec import TrainingRequest, TrainingSpec
+from store.db import session_scope
+from store.orm import TrainingRun, TrainingRunStatus
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -23,33 +26,26 @@ logger = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
 
 
-def start_training_run(runtime: Runtime, params: dict[str, Any], *, requested_by: str) -> int:
-    """Record a run and start ``mscreen train --run-id`` for it; returns the run id.
+def start_training_run(runtime: Runtime, request: TrainingRequest, *, requested_by: str) -> int:
+    """Record a run (its spec, audited) and start ``mscreen train --run-id`` for it.
 
-    The child gets this service's database and model repository explicitly, so it reports to
-    and publishes into the same places whatever its own environment says.
+    The child reads its spec from the run's row, so the API and the CLI share one spelling of
+    the parameters (models.training_spec). It gets this service's database and model repository
+    explicitly, so it reports to and publishes into the same places whatever its own
+    environment says. Returns the run id.
     """
     settings = runtime.settings
+    params = request.model_dump()
     with session_scope(runtime.session_factory) as session:
-        run = TrainingRun(params=params, requested_by=requested_by, model_name=params["name"])
+        run = TrainingRun(params=params, requested_by=requested_by, model_name=request.name)
         session.add(run)
         session.flush()
         run_id = run.id
+        audit(session, requested_by, "training.start", f"training-run:{run_id}", **params)
     log_dir = settings.data_dir / "training-runs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = (log_dir / f"run-{run_id}.log").resolve()
-    command = [
-        sys.executable, "-m", "app.cli", "-v", "train", "--run-id", str(run_id),
-        "--name", str(params["name"]),
-        "--train-plates", str(params["train_plates"]),
-        "--val-plates", str(params["val_plates"]),
-        "--test-plates", str(params["test_plates"]),
-        "--epochs", str(params["epochs"]),
-        "--seed", str(params["seed"]),
-        "--source", str(params.get("source", "simulated")),
-    ]  # fmt: skip
-    for barcode in params.get("plates") or []:
-        command += ["--plate", str(barcode)]
+    command = [sys.executable, "-m", "cli", "-v", "train", "--run-id", str(run_id)]
     env = dict(
         os.environ,
         MSCREEN_DATABASE_URL=settings.resolved_database_url,
@@ -66,6 +62,18 @@ def start_training_run(runtime: Runtime, params: dict[str, Any], *, requested_by
         run.log_path = str(log_path)
     logger.info("training run %d started as pid %d", run_id, process.pid)
     return run_id
+
+
+def run_or_error(session: Session, run_id: int) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFoundError(f"no training run {run_id}")
+    return run
+
+
+def spec_of(session: Session, run_id: int) -> TrainingSpec:
+    """The spec a run was started with (validated again: the row is data, not trusted code)."""
+    return TrainingSpec.model_validate(session.get_one(TrainingRun, run_id).params)
 
 
 def mark_running(session: Session, run_id: int) -> None:

@@ -29,11 +29,11 @@ from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.classifier import WellCall, WellClassifier
-from app.db import session_scope
-from app.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
-from app.storage import ImageStore
 from hardware.microscope import HardwareError, PlateScanner, ScanPlan, WellAcquisition
 from hardware.plate import SBS_96, PlateGeometry
+from store.db import session_scope
+from store.images import ImageStore
+from store.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
 
 logger = logging.getLogger(__name__)
 

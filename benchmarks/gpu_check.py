@@ -44,10 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the lent machine may not have the package installed
 
 from hardware.plate import SBS_96  # noqa: E402
-from hardware.simulation import SimulationConfig, render_field  # noqa: E402
+from hardware.sim import SimulationConfig, render_field  # noqa: E402
 from models.pipeline import PipelineConfig, prepare  # noqa: E402
 
-MODEL_DIR = ROOT / "models/repository/hscnn-sim/1"
+MODEL_DIR = ROOT / "models/bundled/hscnn-sim/1"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -158,7 +158,7 @@ def ort_branch(
     provider: str,
 ) -> dict[str, Any]:
     """onnxruntime on ``provider`` (CUDA on the lent machine; CPU in a dry run)."""
-    from models.runtime import OnnxClassifier
+    from models.inference import OnnxClassifier
 
     model_path = MODEL_DIR / "model.onnx"
     accelerated = OnnxClassifier(model_path, providers="cuda" if provider == CUDA else "cpu")
@@ -304,7 +304,7 @@ def torch_branch(
         "architecture": architecture,
     }
     try:
-        from models.runtime import OnnxClassifier
+        from models.inference import OnnxClassifier
 
         reference = OnnxClassifier(MODEL_DIR / "model.onnx", providers="cpu")
         rng = np.random.default_rng(1234)

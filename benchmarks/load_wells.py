@@ -30,10 +30,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from app import db
+import migrations
 from app.auth import create_key
-from app.orm import Role
 from hardware.plate import SBS_96
+from store.orm import Role
 
 logger = logging.getLogger("load_wells")
 
@@ -133,7 +133,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="mscreen-load-"))
     process = None
     try:
-        db.upgrade(url)
+        migrations.upgrade(url)
         engine = create_engine(url)
         with Session(engine) as session:
             key = create_key(session, "load", Role.viewer)
@@ -152,7 +152,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "app.cli",
+                "cli",
                 "serve",
                 "--port",
                 str(port),

@@ -9,7 +9,7 @@ Measures, on simulated 528 x 720 12-bit frames at 40x and the default :class:`Pi
     ``ssn_features_reference``), ``prepare()`` as serving calls it, and the raw-frame-to-HSM total
     per path. Stages of one repeat run back to back on the same frame, paths interleaved, so
     their ratios share the machine's load;
-(b) the plain loop oracle (benchmarks/_oracle.py) against the fast path on a small crop, where
+(b) the plain loop oracle (models/pipeline/oracle.py) against the fast path on a small crop, where
     the loop is tolerable, as a ratio, with the largest difference between the two;
 (c) the SSN cost over the WS x K grid: WS = 1, 3, ..., 13 at K = 12 (K = 8 at WS = 3, whose
     window has 8 neighbours), and K = 2..16 at WS = 9; and the numpy path's rows per strip;
@@ -33,7 +33,6 @@ import gc
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,12 +44,14 @@ import cv2
 import numpy as np
 
 from hardware.plate import SBS_96
-from hardware.simulation import SimulationConfig, render_field
+from hardware.sim import SimulationConfig, render_field
 from models import pipeline as pl
 from models.pipeline import PipelineConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _oracle import ssn_oracle  # a sibling module (benchmarks/ is not a package)
+from models.pipeline.bands import _band_planes
+from models.pipeline.oracle import ssn_oracle
+from models.pipeline.ssn import _ssn_mean, _ssn_planes, _wmf_planes, numpy_path
+from models.pipeline.ssn.numba_kernel import _numba_kernel
+from models.pipeline.ssn.reference import _ssn_mean_reference
 
 
 def _load() -> float:
@@ -110,13 +111,13 @@ def stage_timings(frames: list[np.ndarray], repeats: int, have_numba: bool) -> d
             norm = record("normalise", partial(pl.normalise, frame8, config))
             record("focus", partial(pl.focus_score, norm))
             record("mask", partial(pl.foreground_mask, norm, config))
-            planes = record("bands", partial(pl._band_planes, norm, config))
-            x = record("wmf", partial(pl._wmf_planes, planes))
-            record("ssn_numpy", partial(pl._ssn_mean, x, *ssn_args, backend="numpy"))
+            planes = record("bands", partial(_band_planes, norm, config))
+            x = record("wmf", partial(_wmf_planes, planes))
+            record("ssn_numpy", partial(_ssn_mean, x, *ssn_args, backend="numpy"))
             if have_numba:
-                record("ssn_numba", partial(pl._ssn_mean, x, *ssn_args, backend="numba"))
+                record("ssn_numba", partial(_ssn_mean, x, *ssn_args, backend="numba"))
             if i % 3 == 0:  # the old path is slow; a third of the repeats is plenty
-                record("ssn_reference", partial(pl._ssn_mean_reference, x, *ssn_args))
+                record("ssn_reference", partial(_ssn_mean_reference, x, *ssn_args))
             record("prepare", partial(pl.prepare, frame, config, bit_depth=12))
     finally:
         gc.enable()
@@ -155,7 +156,7 @@ def oracle_ratio(frame: np.ndarray, have_numba: bool) -> dict[str, Any]:
         fast_s = []
         got = None
         for _ in range(50):
-            got, w, _ = _timed(partial(pl._ssn_mean, x, *args, backend=backend))
+            got, w, _ = _timed(partial(_ssn_mean, x, *args, backend=backend))
             fast_s.append(w)
         fast_ms = _stats(fast_s)["median"]
         assert got is not None and want is not None
@@ -170,7 +171,7 @@ def oracle_ratio(frame: np.ndarray, have_numba: bool) -> dict[str, Any]:
 def grid(frame: np.ndarray, repeats: int, have_numba: bool, quick: bool) -> dict[str, Any]:
     """(c): SSN (weighted-mean filter + neighbours) cost over WS and K, and strip heights."""
     base = PipelineConfig()
-    x = pl._band_planes(pl.normalise(pl.to_uint8(frame, 12), base), base)
+    x = _band_planes(pl.normalise(pl.to_uint8(frame, 12), base), base)
     backends: list[pl.SSNBackend] = ["numpy", "numba"] if have_numba else ["numpy"]
 
     def cost(ws: int, k: int, backend: pl.SSNBackend) -> float:
@@ -187,24 +188,24 @@ def grid(frame: np.ndarray, repeats: int, have_numba: bool, quick: bool) -> dict
     for backend in backends:
         out["ws_at_k12"][backend] = {ws: cost(ws, _k_for(ws), backend) for ws in windows}
         out["k_at_ws9"][backend] = {k: cost(9, k, backend) for k in ks}
-    default = pl._STRIP_ROWS
+    default = numpy_path._STRIP_ROWS
     try:
         for rows in (220, 110, 74, 55, 37):
-            pl._STRIP_ROWS = rows
+            numpy_path._STRIP_ROWS = rows
             out["strip_rows_numpy"][rows] = cost(9, 12, "numpy")
     finally:
-        pl._STRIP_ROWS = default
+        numpy_path._STRIP_ROWS = default
     out["strip_rows_default"] = default
     return out
 
 
 def _wmf_and_ssn(x: np.ndarray, ws: int, k: int, backend: pl.SSNBackend) -> np.ndarray:
-    filtered = pl._wmf_planes(x)
-    return pl._ssn_mean(filtered, ws, k, 0.5, backend=backend) if ws > 1 else filtered
+    filtered = _wmf_planes(x)
+    return _ssn_mean(filtered, ws, k, 0.5, backend=backend) if ws > 1 else filtered
 
 
 def _bands_and_ssn(norm: np.ndarray, config: PipelineConfig) -> np.ndarray:
-    return pl._ssn_planes(pl._band_planes(norm, config), config)
+    return _ssn_planes(_band_planes(norm, config), config)
 
 
 def _k_for(ws: int) -> int:
@@ -257,14 +258,14 @@ def main() -> None:
     cv2.setNumThreads(1)
     started = time.perf_counter()
     load_start = _load()
-    kernel_s = _timed(pl._numba_kernel)[1]  # compile or load the numba kernel outside timings
-    have_numba = pl._numba_kernel() is not None
+    kernel_s = _timed(_numba_kernel)[1]  # compile or load the numba kernel outside timings
+    have_numba = _numba_kernel() is not None
     frames = _frames(8, seed=0)
     default = PipelineConfig()
     for frame in frames[:2]:  # warm caches, workspaces, selection programs
         pl.prepare(frame, default, bit_depth=12)
-        planes = pl._band_planes(pl.normalise(pl.to_uint8(frame, 12), default), default)
-        pl._ssn_mean_reference(pl._wmf_planes(planes), 9, 12, 0.5)
+        planes = _band_planes(pl.normalise(pl.to_uint8(frame, 12), default), default)
+        _ssn_mean_reference(_wmf_planes(planes), 9, 12, 0.5)
 
     result: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),

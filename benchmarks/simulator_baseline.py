@@ -19,7 +19,7 @@ Measures, at the default simulation settings unless told otherwise:
     frames that fail exposure QC (overexposed) give the well no features and drop it, as the
     service would give such a single-field well no call. For scale, a logistic regression on each
     well's hidden senescent fraction (``oracle``) and the majority class are reported too;
-(c) the FCT label balance, parsed from :func:`hardware.simulation.fct_export_csv` of every plate.
+(c) the FCT label balance, parsed from :func:`hardware.sim.fct_export_csv` of every plate.
 
 The figures are printed, and the last line is ``RESULT {json}``.
 
@@ -51,7 +51,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hardware.plate import SBS_96
-from hardware.simulation import (
+from hardware.sim import (
     FCT_THRESHOLD_PCT,
     SimulationConfig,
     fct_export_csv,

@@ -7,7 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine
 
-from app.orm import Base
+from store.orm import Base
+from store.settings import StoreSettings
 
 config = context.config
 if config.config_file_name is not None:
@@ -20,9 +21,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from app.settings import Settings
-
-    return Settings().resolved_database_url
+    return StoreSettings().resolved_database_url
 
 
 def run_migrations_offline() -> None:

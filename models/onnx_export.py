@@ -13,8 +13,8 @@ import onnx
 import torch
 from torch import nn
 
+from models.inference import OnnxClassifier
 from models.pipeline import FEATURE_VERSION, PipelineConfig
-from models.runtime import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 

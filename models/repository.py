@@ -19,7 +19,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_REPOSITORY = Path(__file__).resolve().parent / "repository"
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent / "bundled"
 MODEL_FILENAME = "model.onnx"
 CARD_FILENAME = "model_card.json"
 

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hardware.plate import SBS_96
-from hardware.simulation import SimulationConfig, render_field
+from hardware.sim import SimulationConfig, render_field
 from models import pipeline as pl
 from models.pipeline import PipelineConfig
 

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hardware.plate import SBS_96
-from hardware.simulation import (
+from hardware.sim import (
     SimulationConfig,
     WellTruth,
     pixel_size_um,

@@ -20,11 +20,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.auth import create_key
-from app.db import session_scope
 from app.main import create_app
-from app.orm import Role
 from app.runtime import Runtime
 from app.settings import Settings
+from store.db import session_scope
+from store.orm import Role
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -6,9 +6,9 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Plate, Reader
 from sqlalchemy import func, select
 
-from app.orm import Image, Scan, ScanStatus, WellResult, WellStatus
-from app.storage import ImageStore
 from hardware.plate import SBS_96
+from store.images import ImageStore
+from store.orm import Image, Scan, ScanStatus, WellResult, WellStatus
 from tests.conftest import wait_for_scan
 
 pytestmark = pytest.mark.slow

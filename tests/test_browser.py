@@ -23,12 +23,12 @@ import pytest
 import uvicorn
 
 from app.auth import create_key
-from app.db import session_scope
 from app.main import create_app
-from app.orm import Role
 from app.runtime import Runtime
 from app.settings import Settings
-from hardware.simulation import SimulationConfig, fct_export_csv
+from hardware.sim import SimulationConfig, fct_export_csv
+from store.db import session_scope
+from store.orm import Role
 
 try:
     from playwright.sync_api import expect, sync_playwright

@@ -6,12 +6,12 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from cli.main import cli
 
 
 def _mscreen(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.pipeline import PipelineConfig, prepare
-from training.datasets import (
+from training.imagesets import (
     CELLTYPE_GROUP_PATTERN,
     database_image_set,
     image_folder_set,
@@ -93,15 +93,15 @@ def test_named_group_and_pattern_mismatch(folder):
 def test_multichannel_frames_become_grey(tmp_path, monkeypatch):
     # OpenCV cannot *write* a 2- or 5-channel TIFF, but microscopes do; fake what imread returns.
     planes = np.stack([_cells(0), _cells(0) // 2 + 10], axis=2).astype(np.uint16)
-    monkeypatch.setattr("training.datasets.cv2.imread", lambda path, flags: planes)
+    monkeypatch.setattr("training.imagesets.folder.cv2.imread", lambda path, flags: planes)
     frame = read_frame(tmp_path / "two.tif")
     expected = np.rint((planes[:, :, 0].astype(float) + planes[:, :, 1]) / 2).astype(np.uint16)
     assert frame.dtype == np.uint16 and np.array_equal(frame, expected)
     bgra = np.zeros((4, 5, 4), np.uint8)
-    monkeypatch.setattr("training.datasets.cv2.imread", lambda path, flags: bgra)
+    monkeypatch.setattr("training.imagesets.folder.cv2.imread", lambda path, flags: bgra)
     assert read_frame(tmp_path / "x.png").shape == (4, 5, 3)
     floats = np.zeros((4, 5), np.float32)
-    monkeypatch.setattr("training.datasets.cv2.imread", lambda path, flags: floats)
+    monkeypatch.setattr("training.imagesets.folder.cv2.imread", lambda path, flags: floats)
     with pytest.raises(ValueError, match=r"x\.tif: unsupported pixel type float32"):
         read_frame(tmp_path / "x.tif")
 
@@ -134,10 +134,10 @@ def test_qc_excluded_files_are_counted(tmp_path):
 def _labelled_database(tmp_path: Path, barcodes: list[str], wells: list[tuple[str, str | None]]):
     """A SQLite app database holding one scan per plate: one stored 16-bit field per well and,
     where the label is not None, an FCT measurement. Returns a session factory."""
-    from app.db import make_engine, make_session_factory
-    from app.orm import Base, FctMeasurement, Image, Plate, Scan, Well
-    from app.storage import ImageStore
     from hardware.microscope import AcquiredField
+    from store.db import make_engine, make_session_factory
+    from store.images import ImageStore
+    from store.orm import Base, FctMeasurement, Image, Plate, Scan, Well
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     Base.metadata.create_all(engine)
@@ -253,7 +253,7 @@ def test_database_training_data_splits_by_plate_and_publishes(tmp_path):
 def test_train_command_on_an_image_folder(tmp_path):
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from cli.main import cli
 
     root = tmp_path / "data"
     for c, name in enumerate(["lineA", "lineB"]):

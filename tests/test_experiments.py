@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hardware.simulation import SimulationConfig
+from cli.experiment import experiment_cli
+from hardware.sim import SimulationConfig
 from models.pipeline import PipelineConfig
-from training.cli import experiment_cli
 from training.experiments import (
     ModelSpec,
     SimulatedSettings,

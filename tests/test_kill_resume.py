@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from app import db
+import migrations
 from app.auth import create_key
-from app.orm import Image, Role, Scan, Well, WellResult
+from store.orm import Image, Role, Scan, Well, WellResult
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -65,7 +65,7 @@ def _results(url: str, scan_id: int) -> dict[str, tuple[int, float | None]]:
 
 
 def test_sigkill_mid_scan_then_restart_completes_the_plate(tmp_path, database_url):
-    db.upgrade(database_url)
+    migrations.upgrade(database_url)
     engine = create_engine(database_url)
     with Session(engine) as session:
         key = create_key(session, "operator", Role.operator)

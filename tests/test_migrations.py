@@ -4,8 +4,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from app import db
-from app.orm import Base
+import migrations
+from store.orm import Base
 
 EXPECTED_TABLES = {
     "plates",
@@ -22,7 +22,7 @@ def test_upgrade_head_on_an_empty_database_creates_the_schema(database_url):
     engine = create_engine(database_url)
     try:
         assert not set(inspect(engine).get_table_names()) & EXPECTED_TABLES
-        db.upgrade(database_url)
+        migrations.upgrade(database_url)
         tables = set(inspect(engine).get_table_names())
         assert tables >= EXPECTED_TABLES | {"alembic_version"}
         with engine.connect() as connection:
@@ -35,10 +35,10 @@ def test_upgrade_head_on_an_empty_database_creates_the_schema(database_url):
 def test_downgrade_to_base_and_back(database_url):
     engine = create_engine(database_url)
     try:
-        db.upgrade(database_url)
-        db.downgrade(database_url, "base")
+        migrations.upgrade(database_url)
+        migrations.downgrade(database_url, "base")
         assert not set(inspect(engine).get_table_names()) & EXPECTED_TABLES
-        db.upgrade(database_url)
+        migrations.upgrade(database_url)
         assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
     finally:
         engine.dispose()

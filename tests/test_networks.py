@@ -14,7 +14,7 @@ from models.networks import (
 )
 from models.onnx_export import check_parity, export_onnx
 from models.pipeline import PipelineConfig
-from training.data import ImageSet
+from training.imagesets import ImageSet
 from training.trainer import TrainConfig, predict, train
 
 # (name, expected halvings of the logit map, parameter range at the default widths)

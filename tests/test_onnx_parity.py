@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.inference import OnnxClassifier, requested_providers
 from models.networks import create_model, parameter_count
 from models.onnx_export import check_parity, export_onnx, fixed_parity_input
 from models.pipeline import PipelineConfig
-from models.runtime import OnnxClassifier, requested_providers
 
 BANDS = len(PipelineConfig().bands)
 

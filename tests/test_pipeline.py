@@ -1,9 +1,10 @@
 """Tests for models.pipeline: QC, normalisation, mask, bands, SSN features, config round trip.
 
 Plain numpy/OpenCV only (no torch). The SSN and weighted-mean filters are checked against
-per-pixel Python-loop oracles written here, independently of the vectorised implementation: a
-float64 one straight from the definition, and a float32 one that repeats the implementation's
-arithmetic so that the fast path must select exactly the same neighbours and give the same bits.
+the per-pixel Python-loop oracles of models/pipeline/oracle.py, independent of the vectorised
+implementation: a float64 one straight from the definition, and a float32 one that repeats the
+implementation's arithmetic so that the fast path must select exactly the same neighbours and
+give the same bits.
 The fast SSN path is also compared bit for bit with ``ssn_features_reference``, the first
 vectorised implementation. Timings live in benchmarks/pipeline.py, not here.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import threading
 from pathlib import Path
 
@@ -25,6 +25,10 @@ from hypothesis.extra import numpy as hnp
 
 from models import pipeline as pl
 from models.pipeline import PipelineConfig
+from models.pipeline.filter_bank import _BANDS
+from models.pipeline.oracle import ssn_oracle, ssn_oracle_f32, wmf_oracle
+from models.pipeline.ssn import _ssn_mean, network, numpy_path
+from models.pipeline.ssn.numba_kernel import _numba_kernel
 
 DEFAULT = PipelineConfig()
 
@@ -56,96 +60,6 @@ def _blob_image(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     texture = cv2.GaussianBlur(rng.standard_normal((h, w)), (0, 0), 1.0) * 60.0
     img = img + truth * (texture - 15.0)
     return np.clip(img, 0, 255).astype(np.uint8), truth.astype(bool)
-
-
-def _reflect101(i: int, n: int) -> int:
-    """Index into [0, n) mirrored without repeating the edge (OpenCV BORDER_REFLECT_101)."""
-    if n == 1:
-        return 0
-    while i < 0 or i >= n:
-        i = -i if i < 0 else 2 * (n - 1) - i
-    return i
-
-
-def _wmf_oracle(cube: np.ndarray) -> np.ndarray:
-    """3x3 binomial weighted mean, per pixel, float64."""
-    h, w, _ = cube.shape
-    k1 = [0.25, 0.5, 0.25]
-    out = np.zeros(cube.shape, np.float64)
-    for y in range(h):
-        for x in range(w):
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    yy, xx = _reflect101(y + dy, h), _reflect101(x + dx, w)
-                    out[y, x] += k1[dy + 1] * k1[dx + 1] * cube[yy, xx].astype(np.float64)
-    return out
-
-
-def _ssn_oracle(cube: np.ndarray, ws: int, k: int, lam: float) -> np.ndarray:
-    """Straight from the definition: for each pixel sort the window by SSCD, average top K.
-
-    Ties are broken as documented: spatially closer first, then raster order (dy, then dx).
-    """
-    x = _wmf_oracle(cube)
-    h, w, b = x.shape
-    r = ws // 2
-    corner = math.sqrt(2.0) * r
-    out = np.zeros_like(x)
-    for y in range(h):
-        for c in range(w):
-            cands = []
-            for dy in range(-r, r + 1):
-                for dx in range(-r, r + 1):
-                    if dy == 0 and dx == 0:
-                        continue
-                    xj = x[_reflect101(y + dy, h), _reflect101(c + dx, w)]
-                    spectral = float(np.sqrt(((x[y, c] - xj) ** 2).sum()) / math.sqrt(b))
-                    d = spectral + lam * math.hypot(dy, dx) / corner
-                    cands.append(((d, dy * dy + dx * dx, dy, dx), xj))
-            cands.sort(key=lambda t: t[0])
-            out[y, c] = (x[y, c] + sum(v for _, v in cands[:k])) / (k + 1)
-    return out
-
-
-def _ssn_oracle_f32(cube: np.ndarray, ws: int, k: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel loop doing the implementation's float32 arithmetic in its order.
-
-    Starts from the implementation's filtered bands (``weighted_mean_filter`` has its own
-    oracle above). Returns (features (H, W, B) float32, selected (n_offsets, H, W) bool), the
-    offsets ordered as the tie rule ranks them: spatially closer first, then dy, then dx.
-    """
-    x = pl.weighted_mean_filter(cube)
-    h, w, b = x.shape
-    r = ws // 2
-    corner = math.sqrt(2.0) * r
-    offsets = sorted(
-        ((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)),
-        key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]),
-    )
-    inv_sqrt_b = np.float32(1.0 / math.sqrt(b))
-    out = np.zeros_like(x)
-    selected = np.zeros((len(offsets), h, w), bool)
-    for y in range(h):
-        for c in range(w):
-            keys = []
-            for n, (dy, dx) in enumerate(offsets):
-                xj = x[_reflect101(y + dy, h), _reflect101(c + dx, w)]
-                diff = x[y, c] - xj
-                sq = diff * diff
-                acc = sq[0]
-                for band in range(1, b):
-                    acc = np.float32(acc + sq[band])
-                d = np.float32(np.sqrt(acc) * inv_sqrt_b)
-                d = np.float32(d + np.float32(lam * math.hypot(dy, dx) / corner))
-                keys.append((d, n))  # n is the tie rank: offsets are in tie-break order
-            chosen = sorted(n for _, n in sorted(keys)[:k])
-            total = x[y, c].copy()
-            for n in chosen:  # summed in offset order, like the implementation
-                dy, dx = offsets[n]
-                total = total + x[_reflect101(y + dy, h), _reflect101(c + dx, w)]
-                selected[n, y, c] = True
-            out[y, c] = total * np.float32(1.0 / (k + 1))
-    return out, selected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +394,7 @@ def test_bands_do_not_depend_on_memory_alignment(name: str) -> None:
     # Some OpenCV SIMD kernels (e.g. cv2.magnitude) give alignment-dependent results; the same
     # image must give bit-identical features wherever its buffer happens to start.
     f = pl.normalise(_textured_frame(), DEFAULT).astype(np.float32)
-    fn = pl._BANDS[name].fn
+    fn = _BANDS[name].fn
     ref = fn(f.copy())
     for offset in range(1, 16):
         buf = np.empty(f.size + 16, np.float32)
@@ -501,7 +415,7 @@ def test_band_stack_rejects_non_uint8() -> None:
 
 def test_weighted_mean_filter_matches_oracle() -> None:
     cube = np.random.default_rng(0).standard_normal((12, 14, 3)).astype(np.float32)
-    np.testing.assert_allclose(pl.weighted_mean_filter(cube), _wmf_oracle(cube), atol=1e-5)
+    np.testing.assert_allclose(pl.weighted_mean_filter(cube), wmf_oracle(cube), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -513,7 +427,7 @@ def test_ssn_features_match_loop_oracle(ws: int, k: int, lam: float) -> None:
     config = PipelineConfig(ws=ws, k=k, spatial_weight=lam)
     got = pl.ssn_features(cube, config)
     assert got.shape == cube.shape and got.dtype == np.float32
-    np.testing.assert_allclose(got, _ssn_oracle(cube, ws, k, lam), atol=1e-5)
+    np.testing.assert_allclose(got, ssn_oracle(cube, ws, k, lam), atol=1e-5)
 
 
 @pytest.mark.parametrize(("ws", "k"), [(3, 3), (5, 6), (5, 13)])
@@ -523,13 +437,13 @@ def test_ssn_features_break_ties_as_documented(ws: int, k: int) -> None:
     cube = np.random.default_rng(k).integers(0, 3, (12, 14, 2)).astype(np.float32)
     config = PipelineConfig(ws=ws, k=k, spatial_weight=0.0)
     got = pl.ssn_features(cube, config)
-    np.testing.assert_allclose(got, _ssn_oracle(cube, ws, k, 0.0), atol=1e-6)
+    np.testing.assert_allclose(got, ssn_oracle(cube, ws, k, 0.0), atol=1e-6)
 
 
 def test_ssn_features_ws1_returns_filtered_bands() -> None:
     cube = np.random.default_rng(5).standard_normal((12, 14, 3)).astype(np.float32)
     got = pl.ssn_features(cube, PipelineConfig(ws=1))
-    np.testing.assert_allclose(got, _wmf_oracle(cube), atol=1e-5)
+    np.testing.assert_allclose(got, wmf_oracle(cube), atol=1e-5)
     np.testing.assert_array_equal(got, pl.weighted_mean_filter(cube))
 
 
@@ -572,7 +486,7 @@ _EXACT_CASES = [
 ]
 
 
-_HAVE_NUMBA = pl._numba_kernel() is not None
+_HAVE_NUMBA = _numba_kernel() is not None
 _BACKEND_NAMES: tuple[pl.SSNBackend, ...] = ("numpy", "numba") if _HAVE_NUMBA else ("numpy",)
 # The numpy path in one strip and in several (11 rows = 4 + 4 + 3, a short last strip), and the
 # optional numba kernel where numba is installed.
@@ -599,17 +513,17 @@ def test_ssn_fast_path_selects_exactly_the_oracle_neighbours(
 ) -> None:
     name, strip_rows = backend
     if strip_rows is not None:
-        monkeypatch.setattr(pl, "_STRIP_ROWS", strip_rows)
+        monkeypatch.setattr(numpy_path, "_STRIP_ROWS", strip_rows)
     rng = np.random.default_rng(1000 * ws + 10 * k + integer)
     if integer:
         cube = rng.integers(0, 3, (11, 13, 3)).astype(np.float32)
     else:
         cube = rng.standard_normal((11, 13, 3)).astype(np.float32)
-    want, want_selected = _ssn_oracle_f32(cube, ws, k, lam)
+    want, want_selected = ssn_oracle_f32(cube, ws, k, lam)
 
     planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
     selected = np.zeros_like(want_selected)
-    got = pl._ssn_mean(planes, ws, k, lam, masks_out=selected, backend=name)
+    got = _ssn_mean(planes, ws, k, lam, masks_out=selected, backend=name)
 
     np.testing.assert_array_equal(selected, want_selected)
     assert (selected.sum(axis=0) == k).all()
@@ -625,9 +539,9 @@ def test_ssn_fast_path_handles_images_smaller_than_the_window(
 ) -> None:
     # r = 6 >= H and W: the padding falls back from OpenCV to numpy's periodic reflection.
     cube = np.random.default_rng(7).integers(0, 3, (4, 5, 2)).astype(np.float32)
-    want, _ = _ssn_oracle_f32(cube, 13, 12, 0.5)
+    want, _ = ssn_oracle_f32(cube, 13, 12, 0.5)
     planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
-    got = pl._ssn_mean(planes, 13, 12, 0.5, backend=backend[0])
+    got = _ssn_mean(planes, 13, 12, 0.5, backend=backend[0])
     np.testing.assert_array_equal(got.transpose(1, 2, 0), want)
 
 
@@ -635,11 +549,11 @@ def test_ssn_backend_choice() -> None:
     x = np.zeros((1, 6, 7), np.float32)
     if _HAVE_NUMBA:
         np.testing.assert_array_equal(
-            pl._ssn_mean(x, 3, 2, 0.5, backend="numba"), pl._ssn_mean(x, 3, 2, 0.5, backend="numpy")
+            _ssn_mean(x, 3, 2, 0.5, backend="numba"), _ssn_mean(x, 3, 2, 0.5, backend="numpy")
         )
     else:
         with pytest.raises(RuntimeError, match="numba"):
-            pl._ssn_mean(x, 3, 2, 0.5, backend="numba")
+            _ssn_mean(x, 3, 2, 0.5, backend="numba")
 
 
 @settings(max_examples=60, deadline=None)
@@ -669,7 +583,7 @@ def test_ssn_fast_path_is_bit_identical_to_reference(
     reference = pl.ssn_features_reference(cube, config)
     planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
     for backend in _BACKEND_NAMES:
-        fast = pl._ssn_mean(planes, ws, k, lam, backend=backend).transpose(1, 2, 0)
+        fast = _ssn_mean(planes, ws, k, lam, backend=backend).transpose(1, 2, 0)
         np.testing.assert_array_equal(fast.view(np.uint32), reference.view(np.uint32))
     np.testing.assert_array_equal(pl.ssn_features(cube, config), reference)
 
@@ -682,7 +596,7 @@ def test_ssn_fast_path_is_bit_identical_to_reference_on_real_frames() -> None:
         reference = pl.ssn_features_reference(bands, config).transpose(2, 0, 1)
         for backend in _BACKEND_NAMES:
             lam = config.spatial_weight
-            fast = pl._ssn_mean(planes, config.ws, config.k, lam, backend=backend)
+            fast = _ssn_mean(planes, config.ws, config.k, lam, backend=backend)
             np.testing.assert_array_equal(fast.view(np.uint32), reference.view(np.uint32))
 
 
@@ -694,9 +608,9 @@ def test_selection_network_gives_the_kth_smallest(data: st.DataObject, n: int) -
     values = data.draw(
         hnp.arrays(np.float32, (n, length), elements=st.integers(0, 4).map(float)), label="v"
     )
-    program = pl._selection_program(n, k)
+    program = network._selection_program(n, k)
     scratch = np.empty((program.n_buffers, length), np.float32)
-    got = pl._run_selection(program, list(values), scratch)
+    got = network._run_selection(program, list(values), scratch)
     np.testing.assert_array_equal(got, np.partition(values, k - 1, axis=0)[k - 1])
 
 
@@ -914,24 +828,24 @@ def test_channel_features_select_exactly_the_oracle_neighbours(
 ) -> None:
     name, strip_rows = backend
     if strip_rows is not None:
-        monkeypatch.setattr(pl, "_STRIP_ROWS", strip_rows)
+        monkeypatch.setattr(numpy_path, "_STRIP_ROWS", strip_rows)
     frame = _channel_frame(4, 66, 78, seed=ws + k)
     config = PipelineConfig(
         band_source="channels", channels=4, height=11, width=13, ws=ws, k=k, spatial_weight=lam
     )
     cube = pl.channel_band_stack(pl.to_uint8(frame, 12), config)
     assert cube.shape == (11, 13, 4)
-    want, want_selected = _ssn_oracle_f32(cube, ws, k, lam)
+    want, want_selected = ssn_oracle_f32(cube, ws, k, lam)
 
     planes = np.ascontiguousarray(pl.weighted_mean_filter(cube).transpose(2, 0, 1))
     selected = np.zeros_like(want_selected)
-    got = pl._ssn_mean(planes, ws, k, lam, masks_out=selected, backend=name)
+    got = _ssn_mean(planes, ws, k, lam, masks_out=selected, backend=name)
     np.testing.assert_array_equal(selected, want_selected)
     np.testing.assert_array_equal(got.transpose(1, 2, 0), want)
     prepared = pl.prepare(frame, config, bit_depth=12)
     assert prepared.features is not None
     np.testing.assert_array_equal(prepared.features.transpose(1, 2, 0), want)
-    np.testing.assert_allclose(want, _ssn_oracle(cube, ws, k, lam), atol=1e-5)
+    np.testing.assert_allclose(want, ssn_oracle(cube, ws, k, lam), atol=1e-5)
 
 
 def test_channels_rejections() -> None:
@@ -1005,7 +919,7 @@ def test_bundled_model_config_loads_as_the_default_filter_bank() -> None:
     assert pl.FEATURE_VERSION == "1"
 
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models/repository/hscnn-sim/1/model.onnx"
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models/bundled/hscnn-sim/1/model.onnx"
 
 
 def test_serving_and_training_give_bit_identical_model_inputs(
@@ -1014,9 +928,9 @@ def test_serving_and_training_give_bit_identical_model_inputs(
     pytest.importorskip("onnxruntime")
     from app.classifier import WellClassifier
     from hardware.microscope import ScanPlan, StepScanner
-    from hardware.simulation import SimulatedMicroscope, SimulationConfig
-    from models.runtime import OnnxClassifier
-    from training.data import simulated_image_set
+    from hardware.sim import SimulatedMicroscope, SimulationConfig
+    from models.inference import OnnxClassifier
+    from training.imagesets import simulated_image_set
 
     sim = SimulationConfig()
     barcode, well = "PIPE-0001", "C4"

@@ -1,6 +1,6 @@
 """The simulator as Micro-Manager devices on UniMMCore, and pycromanager's own acquisition engine
-running on them in-process (hardware.mm_devices, hardware.pycromanager_shim,
-hardware.pycromanager_driver)."""
+running on them in-process (hardware.sim.mm_devices, hardware.pycromanager.engine,
+hardware.pycromanager)."""
 
 from __future__ import annotations
 
@@ -22,33 +22,31 @@ from pycromanager.acquisition.acq_eng_py.main.AcqEngPy_Acquisition import (
     Acquisition as EngineAcquisition,
 )
 
-from hardware import mm_devices
 from hardware.microscope import HardwareError, PlateScanner, ScanPlan
-from hardware.mm_devices import (
+from hardware.pycromanager import (
+    FrameLost,
+    PycromanagerCoreAdapter,
+    PycromanagerScanner,
+    PycromanagerSettings,
+    camel_to_snake,
+    in_process_engine,
+    plan_events,
+    plan_sites,
+)
+from hardware.sim import (
+    SimulatedMicroscope,
+    SimulationConfig,
+    mm_devices,
+    pixel_size_um,
+    render_field,
+)
+from hardware.sim.mm_devices import (
     SimulatedMMCore,
     SimulatedXYStage,
     build_simulated_core,
     load_simulated_core,
     set_plate,
     shared_simulator,
-)
-from hardware.pycromanager_driver import (
-    PycromanagerScanner,
-    PycromanagerSettings,
-    plan_events,
-    plan_sites,
-)
-from hardware.pycromanager_shim import (
-    FrameLost,
-    PycromanagerCoreAdapter,
-    camel_to_snake,
-    in_process_engine,
-)
-from hardware.simulation import (
-    SimulatedMicroscope,
-    SimulationConfig,
-    pixel_size_um,
-    render_field,
 )
 
 BARCODE = "PLATE-PYCRO"
@@ -277,7 +275,7 @@ def test_full_plate_through_pycromanagers_engine_matches_render_field(make_core,
     core = make_core(config)
     scanner: PlateScanner = scanner_for(core)  # the protocol the service drives
     plan = ScanPlan(barcode=BARCODE, wells=config.plate.well_names, objective="40x")
-    caplog.set_level(logging.INFO, logger="hardware.pycromanager_driver")
+    caplog.set_level(logging.INFO, logger="hardware.pycromanager")
     started = time.perf_counter()
     wells = list(scanner.scan(plan))
     elapsed = time.perf_counter() - started

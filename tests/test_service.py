@@ -7,8 +7,8 @@ import shutil
 import pytest
 from sqlalchemy import func, select
 
-from app.orm import AuditEvent, FctMeasurement, ManualCall, Scan
-from hardware.simulation import SimulationConfig, fct_export_csv, plate_truth
+from hardware.sim import SimulationConfig, fct_export_csv, plate_truth
+from store.orm import AuditEvent, FctMeasurement, ManualCall, Scan
 from tests.conftest import wait_for_scan
 
 SIX_WELLS = ["A1", "A2", "B3", "C4", "D5", "E6"]
@@ -58,7 +58,7 @@ def test_roles_are_enforced_and_writes_audited(service):
     assert client.get("/api/v1/models", headers={"X-API-Key": secret}).status_code == 401
     # Only the hash is stored.
     with service.runtime.session_factory() as session:
-        from app.orm import ApiKey
+        from store.orm import ApiKey
 
         stored = session.scalar(select(ApiKey).where(ApiKey.name == "lab-reader"))
         assert secret not in (stored.key_hash, stored.prefix) and len(stored.key_hash) == 64
@@ -163,7 +163,7 @@ def test_fct_export_of_the_simulator_uploads_and_matches_hidden_labels(service):
     assert response.json()["rows"] == 96
     truth = plate_truth(config, "FCT-SIM-1")
     with service.runtime.session_factory() as session:
-        from app.orm import Well
+        from store.orm import Well
 
         stored = dict(
             session.execute(
@@ -294,10 +294,10 @@ def test_model_activation_requires_a_passed_parity_check(tmp_path, settings):
     from fastapi.testclient import TestClient
 
     from app.auth import create_key
-    from app.db import session_scope
     from app.main import create_app
-    from app.orm import Role
     from models.repository import BUNDLED_REPOSITORY
+    from store.db import session_scope
+    from store.orm import Role
 
     repository = tmp_path / "repo"
     shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", repository / "hscnn-sim")
@@ -337,10 +337,10 @@ def test_a_retraining_run_started_from_the_api_publishes_a_new_version(tmp_path,
     from fastapi.testclient import TestClient
 
     from app.auth import create_key
-    from app.db import session_scope
     from app.main import create_app
-    from app.orm import Role
     from models.repository import BUNDLED_REPOSITORY
+    from store.db import session_scope
+    from store.orm import Role
 
     repository = tmp_path / "repo"
     shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", repository / "hscnn-sim")
@@ -404,10 +404,10 @@ def test_retraining_from_the_labelled_plates_in_the_database(tmp_path, settings)
     from fastapi.testclient import TestClient
 
     from app.auth import create_key
-    from app.db import session_scope
     from app.main import create_app
-    from app.orm import Role
     from models.repository import BUNDLED_REPOSITORY
+    from store.db import session_scope
+    from store.orm import Role
 
     settings.model_repository = tmp_path / "repo"
     shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", settings.model_repository / "hscnn-sim")

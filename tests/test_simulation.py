@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from hardware import simulation
 from hardware.microscope import (
     HardwareError,
     Microscope,
@@ -18,7 +17,7 @@ from hardware.microscope import (
     StepScanner,
     WellAcquisitionError,
 )
-from hardware.simulation import (
+from hardware.sim import (
     SimulatedMicroscope,
     SimulationConfig,
     fct_export_csv,
@@ -28,6 +27,8 @@ from hardware.simulation import (
     well_at,
     well_truth,
 )
+from hardware.sim import cells as sim_cells
+from hardware.sim import truth as sim_truth
 
 BARCODE = "PLATE-0001"
 CONFIG = SimulationConfig(seed=7, overexposure_rate=0.0)
@@ -46,8 +47,8 @@ def test_render_is_bit_identical_on_repeat_and_after_cache_clear():
     x, y = centre(CONFIG, "C4")
     first = render_field(CONFIG, BARCODE, "C4", x + 123.4, y - 56.7, "40x")
     again = render_field(CONFIG, BARCODE, "c04", x + 123.4, y - 56.7, "40x")
-    simulation._tile_cells.cache_clear()
-    simulation._well_truth.cache_clear()
+    sim_cells._tile_cells.cache_clear()
+    sim_truth._well_truth.cache_clear()
     cold = render_field(CONFIG, BARCODE, "C4", x + 123.4, y - 56.7, "40x")
     assert np.array_equal(first, again)
     assert np.array_equal(first, cold)

@@ -12,8 +12,8 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Plate, Reader
 
-from app.storage import ImageStore, pixel_sha256
 from hardware.microscope import AcquiredField
+from store.images import ImageStore, pixel_sha256
 
 PIXEL_UM = 0.65
 SHAPE = (48, 64)  # (H, W): small, but not square, so a y/x mix-up shows

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from hardware.simulation import SimulationConfig, plate_truth
+from hardware.sim import SimulationConfig, plate_truth
+from models.inference import OnnxClassifier
 from models.networks import create_model
 from models.pipeline import PipelineConfig, prepare
 from models.repository import ModelRepository
-from models.runtime import OnnxClassifier
-from training.data import simulated_image_set
+from training.imagesets import simulated_image_set
 from training.publish import publish
 from training.trainer import TrainConfig, predict, seed_everything, train
 
@@ -44,7 +44,7 @@ def test_simulated_image_set_uses_the_serving_pipeline(tiny_sets):
     assert set(train_set.groups) == {"T-TRAIN"}
     # Bit-identical to what the service computes for the same frame.
     from hardware.plate import SBS_96
-    from hardware.simulation import render_field
+    from hardware.sim import render_field
 
     x, y = SBS_96.well_center_um("B3")
     served = prepare(

@@ -2,12 +2,12 @@
 
 from datetime import UTC, datetime, timedelta
 
-from app.api.schemas import ScanCreate
-from app.db import session_scope
-from app.orm import Scan, ScanStatus
 from app.runtime import build_runtime
 from app.scans import create_scan
+from app.schemas.scans import ScanCreate
 from app.worker import ScanWorker
+from store.db import session_scope
+from store.orm import Scan, ScanStatus
 
 
 def test_one_scan_per_microscope_in_order_and_takeover_after_lease_expiry(settings):

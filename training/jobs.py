@@ -12,17 +12,25 @@ from typing import Any
 
 import numpy as np
 
-from hardware.simulation import SimulationConfig
+from hardware.sim import SimulationConfig
 from models.metrics import evaluate as evaluate_scores
 from models.networks import MaskedClassifier, create_model
 from models.pipeline import PipelineConfig
 from models.repository import ModelArtifact, ModelRepository
-from training.data import ImageSet, simulated_image_set
-from training.datasets import database_image_set, image_folder_set
+from models.training_spec import TrainingSpec
+from training.imagesets import (
+    CELLTYPE_GROUP_PATTERN,
+    ImageSet,
+    database_image_set,
+    image_folder_set,
+    simulated_image_set,
+)
 from training.publish import publish
 from training.splits import grouped_split
 from training.trainer import (
     TrainConfig,
+    check_architecture,
+    check_device,
     jitter_bands,
     predict,
     seed_everything,
@@ -104,7 +112,7 @@ class SimulatedTrainingJob:
 
 SIMULATED_USE = (
     "Demonstration and integration testing only: trained on SIMULATED phase-contrast "
-    "plates from hardware.simulation, not on real MSC images. Do not use for real "
+    "plates from hardware.sim, not on real MSC images. Do not use for real "
     "cell-therapy decisions."
 )
 
@@ -228,7 +236,7 @@ def train_and_publish(
         train_config = replace(train_config, intensity_bands=jitter_bands(pipeline, in_bands))
     model = create_model(architecture, in_bands=in_bands)
     result = train(model, data.train, data.val, train_config, progress=progress)
-    test_metrics = evaluate(result.model, data.test)
+    test_metrics = evaluate_model_on(result.model, data.test)
     card: dict[str, object] = {
         "intended_use": data.intended_use,
         "data": {
@@ -251,9 +259,77 @@ def train_and_publish(
     return artifact, card
 
 
-def evaluate(model: MaskedClassifier, data: ImageSet, threshold: float = 0.5) -> dict[str, object]:
+def evaluate_model_on(
+    model: MaskedClassifier, data: ImageSet, threshold: float = 0.5
+) -> dict[str, object]:
     """Per-image metrics, 95 % bootstrap intervals and ROC points on ``data``."""
     report = evaluate_scores(data.labels, predict(model, data), threshold=threshold)
     report["unit"] = "image (one stored field; simulated plates hold one field per well)"
     report["positive_rate"] = float(np.mean(data.labels))
     return report
+
+
+def check_spec(spec: TrainingSpec) -> None:
+    """ValueError naming the setting if ``spec`` asks for a network or device not here."""
+    check_architecture(spec.architecture)
+    check_device(spec.device)
+
+
+def run_training(
+    spec: TrainingSpec,
+    *,
+    repository: Path,
+    session_factory: Callable[[], Any] | None = None,
+    bit_depth: int | None = None,
+    progress: bool = True,
+) -> tuple[ModelArtifact, dict[str, object]]:
+    """Prepare the data ``spec`` names, train, evaluate the held-out part, publish.
+
+    ``session_factory`` (source "database"): sessions on the database whose labelled plates to
+    train on; ``bit_depth``: those frames' significant bits, as serving prepares them.
+    Raises ValueError for anything the caller can fix (too few plates, no labels, no folder).
+    """
+    pipeline = replace(TRAINING_PIPELINE, ws=spec.ws, k=spec.k)  # validated: ValueError
+    train_config = TrainConfig(epochs=spec.epochs, seed=spec.seed, device=spec.device)
+    if spec.source == "simulated":
+        return SimulatedTrainingJob(
+            repository=repository,
+            name=spec.name,
+            architecture=spec.architecture,
+            pipeline=pipeline,
+            train_plates=spec.train_plates,
+            val_plates=spec.val_plates,
+            test_plates=spec.test_plates,
+            simulation=SimulationConfig(seed=spec.seed, difficulty=spec.difficulty),
+            train_config=train_config,
+            progress=progress,
+        ).run()
+    if spec.source == "database":
+        if session_factory is None:
+            raise ValueError("source 'database' needs the service's database")
+        data = database_training_data(
+            session_factory,
+            pipeline,
+            barcodes=spec.plates,
+            bit_depth=bit_depth,
+            seed=spec.seed,
+            progress=progress,
+        )
+    else:
+        if spec.data is None:
+            raise ValueError("--source folder needs --data DIR")
+        if spec.size is not None:
+            pipeline = replace(pipeline, height=spec.size, width=spec.size)
+        pattern = CELLTYPE_GROUP_PATTERN if spec.group_by == "celltype" else spec.group_by
+        data = folder_training_data(
+            spec.data, pipeline, group_by=pattern, seed=spec.seed, progress=progress
+        )
+    return train_and_publish(
+        data,
+        repository=repository,
+        name=spec.name,
+        architecture=spec.architecture,
+        pipeline=pipeline,
+        train_config=train_config,
+        progress=progress,
+    )

@@ -201,3 +201,26 @@ def bar_plot(
         for point in points[i] if points is not None else []:
             cv2.circle(axes.image, axes.px(i + 0.15, float(point)), 4, (0, 0, 0), 1)
     return axes.save(path)
+
+
+def roc_plot(
+    curves: Mapping[str, Sequence[Mapping[str, float]]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str = "false positive rate",
+) -> Path:
+    """ROC curves ``{name: points}``, each point a mapping with ``fpr`` and ``tpr`` (as
+    :func:`models.metrics.roc_points` gives them), over the chance diagonal; PNG at ``path``."""
+    return line_plot(
+        {
+            name: ([p["fpr"] for p in points], [p["tpr"] for p in points])
+            for name, points in curves.items()
+        },
+        path,
+        title=title,
+        xlabel=xlabel,
+        ylabel="TPR",
+        ylim=(0.0, 1.0),
+        diagonal=True,
+    )

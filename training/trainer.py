@@ -14,9 +14,9 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
-from models.networks import MaskedClassifier
+from models.networks import MaskedClassifier, registered_models
 from models.pipeline import PipelineConfig
-from training.data import ImageSet
+from training.imagesets import ImageSet
 
 logger = logging.getLogger(__name__)
 
@@ -331,3 +331,17 @@ def train(
         best_epoch = len(history) - 1
     model.eval()
     return TrainResult(model, best_epoch, history, time.perf_counter() - started, config)
+
+
+def check_device(name: str) -> None:
+    """ValueError unless ``name`` is a device torch can train on here."""
+    try:
+        resolve_device(name)
+    except RuntimeError as exc:  # torch's own word for a device string it cannot parse
+        raise ValueError(f"training device {name!r}: {exc}") from exc
+
+
+def check_architecture(name: str) -> None:
+    """ValueError unless ``name`` is a registered network."""
+    if name not in registered_models():
+        raise ValueError(f"unknown network {name!r}; known: {registered_models()}")

@@ -10,9 +10,9 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from app.auth import Principal, authenticate
-from app.db import session_scope
-from app.orm import Role
 from app.runtime import Runtime
+from store.db import session_scope
+from store.orm import Role
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An mscreen API key")
 
@@ -30,7 +30,10 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the endpoint returns and before the response is
+# sent, so a client never sees a success whose commit then failed (and a key works the moment it
+# is shown).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 ANONYMOUS = Principal(name="anonymous", role=Role.admin)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 
 from app.api.deps import RuntimeDep
-from app.api.schemas import Health, ModelHealth
+from app.schemas.health import Health, ModelHealth
 
 router = APIRouter(tags=["health"])
 

@@ -1,0 +1,68 @@
+"""Scans: what a client asks for (``ScanCreate``) and what it reads back (``ScanPublic``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.orm import Scan, ScanStatus
+
+BARCODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ScanCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plate_barcode: str = Field(pattern=BARCODE_PATTERN, examples=["MSC-2026-0001"])
+    objective: Literal["40x", "100x"] = "40x"
+    fields_per_well: int = Field(default=1, ge=1, le=25)
+    wells: list[str] | None = Field(
+        default=None,
+        description="Wells to scan (e.g. ['A1', 'B7']); default: all 96.",
+        min_length=1,
+        max_length=96,
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class ScanPublic(BaseModel):
+    id: int
+    plate_barcode: str
+    status: ScanStatus
+    objective: str
+    fields_per_well: int
+    microscope: str
+    wells_total: int
+    wells_done: int
+    progress: float = Field(description="wells_done / wells_total, 0..1")
+    model: ModelRef | None
+    error: str | None
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, scan: Scan) -> ScanPublic:
+        model = scan.model_version
+        return cls(
+            id=scan.id,
+            plate_barcode=scan.plate.barcode,
+            status=scan.status,
+            objective=scan.objective,
+            fields_per_well=scan.fields_per_well,
+            microscope=scan.microscope,
+            wells_total=scan.wells_total,
+            wells_done=scan.wells_done,
+            progress=scan.wells_done / scan.wells_total if scan.wells_total else 1.0,
+            model=ModelRef(name=model.name, version=model.version) if model else None,
+            error=scan.error,
+            requested_at=scan.requested_at,
+            started_at=scan.started_at,
+            finished_at=scan.finished_at,
+        )

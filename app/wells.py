@@ -1,0 +1,158 @@
+"""Reading a plate: its per-well calls, one well, a field's stored frame, its FCT ground truth.
+
+The logic behind the plates router and the CLI's ``results``; refusals are
+:mod:`app.errors` exceptions, which the API turns into 404 / 410 / 422.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.errors import GoneError, InvalidRequestError, NotFoundError
+from app.schemas.plates import FctWellPublic, PlateWellsPublic, WellResultPublic
+from app.schemas.scans import ScanPublic
+from hardware.plate import SBS_96, WellNameError
+from store import queries
+from store.images import ImageStore
+from store.orm import Plate, Scan, WellResult
+
+
+def plate_or_error(session: Session, barcode: str) -> Plate:
+    plate = queries.find_plate(session, barcode)
+    if plate is None:
+        raise NotFoundError(f"no plate {barcode!r}")
+    return plate
+
+
+def scan_or_error(session: Session, plate: Plate, scan_id: int | None) -> Scan:
+    """Scan ``scan_id`` of ``plate``, or (None) its latest started scan."""
+    if scan_id is None:
+        scan = queries.latest_scan(session, plate)
+        if scan is None:
+            raise NotFoundError(f"plate {plate.barcode!r} has no started scan yet")
+        return scan
+    scan = queries.scan_of_plate(session, plate, scan_id)
+    if scan is None:
+        raise NotFoundError(f"plate {plate.barcode!r} has no scan {scan_id}")
+    return scan
+
+
+@dataclass
+class PlateWells:
+    plate: Plate
+    scan: Scan
+    wells: list[WellResultPublic]
+
+    def public(self) -> PlateWellsPublic:
+        return PlateWellsPublic(
+            plate_barcode=self.plate.barcode, scan=ScanPublic.of(self.scan), wells=self.wells
+        )
+
+
+def plate_wells(
+    session: Session,
+    barcode: str,
+    *,
+    scan_id: int | None = None,
+    label: str | None = None,
+    qc_flag: str | None = None,
+) -> PlateWells:
+    """The calls of the latest (or a given) scan, optionally only one label or QC flag."""
+    plate = plate_or_error(session, barcode)
+    scan = scan_or_error(session, plate, scan_id)
+    wells = [WellResultPublic.of(r) for r in queries.scan_results(session, scan)]
+    if label is not None:
+        wells = [w for w in wells if w.label == label]
+    if qc_flag is not None:
+        wells = [w for w in wells if qc_flag in w.qc_flags]
+    return PlateWells(plate, scan, wells)
+
+
+def well_result(session: Session, barcode: str, well: str, scan_id: int | None) -> WellResult:
+    plate = plate_or_error(session, barcode)
+    try:
+        name = SBS_96.normalise(well)
+    except WellNameError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    scan = scan_or_error(session, plate, scan_id)
+    result = queries.well_result(session, scan, name)
+    if result is None:
+        raise NotFoundError(f"well {name} has no result in scan {scan.id}")
+    return result
+
+
+def field_frame(
+    session: Session,
+    image_store: ImageStore,
+    barcode: str,
+    well: str,
+    *,
+    scan_id: int | None,
+    field: int,
+) -> np.ndarray:
+    """The frame of one field as it was acquired ((H, W) or (H, W, C), camera dtype)."""
+    result = well_result(session, barcode, well, scan_id)
+    image = queries.field_image(session, result, field)
+    if image is None:
+        raise NotFoundError(f"well {well} has no field {field}")
+    try:
+        return image_store.load(image.path)
+    except FileNotFoundError as exc:
+        raise GoneError(f"the image file of {well} is gone: {image.path}") from exc
+
+
+def fct_wells(session: Session, barcode: str) -> list[FctWellPublic]:
+    """The plate's FCT ground truth, one row per measured well, in plate order."""
+    plate = plate_or_error(session, barcode)
+    return [
+        FctWellPublic(
+            well=name,
+            cd73_pct=fct.cd73_pct,
+            cd90_pct=fct.cd90_pct,
+            label=fct.label,  # type: ignore[arg-type]  # stored as "high" | "low"
+            event_count=fct.event_count,
+        )
+        for name, fct in queries.fct_measurements(session, plate)
+    ]
+
+
+CSV_COLUMNS = (
+    "well",
+    "status",
+    "label",
+    "probability",
+    "qc_flags",
+    "fields_used",
+    "confluence_pct",
+    "model",
+    "scan_id",
+    "error",
+)
+
+
+def results_csv(results: Sequence[WellResultPublic]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        writer.writerow(
+            [
+                r.well,
+                r.status.value,
+                r.label or "",
+                "" if r.probability is None else f"{r.probability:.4f}",
+                ";".join(r.qc_flags),
+                r.fields_used,
+                "" if r.confluence_pct is None else f"{r.confluence_pct:.1f}",
+                f"{r.model.name}:v{r.model.version}" if r.model else "",
+                r.scan_id,
+                r.error or "",
+            ]
+        )
+    return buffer.getvalue()

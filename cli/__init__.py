@@ -1,0 +1,1 @@
+"""The `mscreen` command line."""

@@ -1,0 +1,56 @@
+"""`mscreen keys ...` (API keys) and `mscreen db ...` (schema migrations)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import migrations
+from app.auth import issue_key
+from app.auth import revoke as revoke_api_key
+from app.errors import ServiceError
+from app.settings import get_settings
+from cli.common import UserError, database
+from store.db import session_scope
+from store.orm import Role
+
+keys_cli = typer.Typer(help="API keys (viewer, operator, admin).", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
+) -> None:
+    """Create an API key and print its secret (shown once; only a hash is stored)."""
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise UserError(f"--role must be viewer, operator or admin, not {role!r}") from None
+    with database(migrate=True) as factory, session_scope(factory) as session:
+        try:
+            secret = issue_key(session, name, chosen, actor="cli")
+        except ServiceError as exc:
+            raise UserError(str(exc)) from exc
+    typer.echo(secret)  # after the commit: the key works the moment it is shown
+
+
+@keys_cli.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke an API key."""
+    with database() as factory, session_scope(factory) as session:
+        try:
+            revoke_api_key(session, name, actor="cli")  # a service forgets it within its TTL
+        except ServiceError as exc:
+            raise UserError(str(exc)) from exc
+    typer.echo(f"revoked {name}")
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default head)."""
+    url = get_settings().resolved_database_url
+    migrations.upgrade(url, revision)
+    typer.echo(f"database at {revision}: {url}")

@@ -1,0 +1,48 @@
+"""Text rendering of a 96-well map of calls (for `mscreen scan`, `mscreen results` and
+`make demo`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import typer
+
+from app.schemas.plates import WellResultPublic
+from hardware.plate import SBS_96, PlateGeometry
+
+
+def _cell(result: WellResultPublic | None, color: bool) -> str:
+    if result is None:
+        text, fg = "  .   ", None
+    elif result.status == "failed":
+        text, fg = " FAIL ", typer.colors.MAGENTA
+    elif result.label is None:
+        text, fg = " QC-x ", typer.colors.YELLOW
+    else:
+        letter = "H" if result.label == "high" else "L"
+        text = f"{letter} {result.probability:.2f}"
+        fg = typer.colors.GREEN if result.label == "high" else typer.colors.RED
+    return typer.style(text, fg=fg) if (color and fg) else text
+
+
+def render_plate_map(
+    results: Sequence[WellResultPublic], *, color: bool = False, geometry: PlateGeometry = SBS_96
+) -> str:
+    """An 8 x 12 grid: ``H 0.93`` = high, ``L 0.12`` = low (P(high) shown), ``QC-x`` = every
+    field excluded by QC, ``FAIL`` = acquisition failed, ``.`` = not scanned."""
+    by_name: Mapping[str, WellResultPublic] = {r.well: r for r in results}
+    header = "    " + " ".join(f"{c + 1:^6}" for c in range(geometry.columns))
+    lines = [header]
+    for r in range(geometry.rows):
+        row_letter = chr(ord("A") + r)
+        cells = [_cell(by_name.get(f"{row_letter}{c + 1}"), color) for c in range(geometry.columns)]
+        lines.append(f" {row_letter}  " + " ".join(cells))
+    high = sum(1 for x in results if x.label == "high")
+    low = sum(1 for x in results if x.label == "low")
+    excluded = sum(1 for x in results if x.status == "excluded")
+    failed = sum(1 for x in results if x.status == "failed")
+    lines.append(
+        f"\n high: {high}   low: {low}   excluded by QC: {excluded}   failed: {failed}"
+        "   (number = P(high functionality))"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""`mscreen serve`, `mscreen scan` and `mscreen results`: run the service, scan a plate (in this
+process through the service's own worker, or through a running service), read the calls."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from app import wells
+from app.errors import NotFoundError
+from app.runtime import build_runtime
+from app.scans import create_scan
+from app.schemas.plates import PlateWellsPublic, WellResultPublic
+from app.schemas.scans import ScanCreate, ScanPublic
+from app.settings import Settings, get_settings
+from cli.common import ApiKeyOption, UserError, client, database, raise_for_api
+from cli.platemap import render_plate_map
+from store.db import session_scope
+from store.orm import Scan
+from store.queries import scan_results
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn log level (info logs every request).")
+    ] = "info",
+) -> None:
+    """Run the REST API and the scan worker (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+
+
+ObjectiveOption = Annotated[str, typer.Option("--objective", help="40x or 100x.")]
+
+
+def scan(
+    plate: Annotated[str, typer.Option("--plate", "-p", help="Plate barcode.")],
+    objective: ObjectiveOption = "40x",
+    fields: Annotated[int, typer.Option("--fields", min=1, max=25, help="Fields per well.")] = 1,
+    wells: Annotated[
+        str | None, typer.Option(help="Comma-separated wells (default: all 96), e.g. A1,B7.")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="URL of a running service; default: run in this process."),
+    ] = None,
+    compare_truth: Annotated[
+        bool,
+        typer.Option(help="Simulated microscope only: compare calls with the hidden FCT truth."),
+    ] = False,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Scan a plate, classify each well as it is imaged, and print the 96-well map."""
+    if objective not in ("40x", "100x"):
+        raise UserError(f"--objective must be 40x or 100x, not {objective!r}")
+    well_list = [w.strip() for w in wells.split(",") if w.strip()] if wells else None
+    body = {
+        "plate_barcode": plate,
+        "objective": objective,
+        "fields_per_well": fields,
+        "wells": well_list,
+    }
+    results = _scan_remote(server, body, api_key) if server else _scan_local(get_settings(), body)
+    typer.echo(render_plate_map(results, color=sys.stdout.isatty()))
+    if compare_truth:
+        _print_truth_comparison(plate, results)
+
+
+def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultPublic]:
+    request = ScanCreate.model_validate(body)
+    runtime = build_runtime(settings)
+    try:
+        with session_scope(runtime.session_factory) as session:
+            scan_row = create_scan(session, request, microscope=runtime.microscope_name)
+            scan_id, total = scan_row.id, scan_row.wells_total
+        typer.echo(
+            f"scan {scan_id} of {request.plate_barcode}: {total} wells at {request.objective}, "
+            f"model {runtime.model.name} v{runtime.model.version} on {runtime.model.provider}",
+            err=True,
+        )
+        started = time.perf_counter()
+        with tqdm(total=total, desc="wells", unit="well", file=sys.stderr) as bar:
+            runtime.worker.on_progress = lambda _id, done, _total: bar.update(done - bar.n)
+            runtime.worker.run_pending()
+        with session_scope(runtime.session_factory) as session:
+            scan_row = session.get_one(Scan, scan_id)
+            public = ScanPublic.of(scan_row)
+            results = [WellResultPublic.of(r) for r in scan_results(session, scan_row)]
+        typer.echo(
+            f"scan {scan_id} {public.status.value} in {time.perf_counter() - started:.1f} s"
+            + (f": {public.error}" if public.error else ""),
+            err=True,
+        )
+        return results
+    finally:
+        runtime.close()
+
+
+def _scan_remote(
+    server: str, body: dict[str, object], api_key: str | None
+) -> list[WellResultPublic]:
+    with client(server, api_key) as http:
+        response = http.post("/api/v1/scans", json=body)
+        raise_for_api(response)
+        location = response.headers["Location"]
+        scan_public = ScanPublic.model_validate(response.json())
+        with tqdm(total=scan_public.wells_total, desc="wells", unit="well", file=sys.stderr) as bar:
+            while not scan_public.status.finished:
+                time.sleep(1.0)
+                response = http.get(location)
+                raise_for_api(response)
+                scan_public = ScanPublic.model_validate(response.json())
+                bar.update(scan_public.wells_done - bar.n)
+        if scan_public.error:
+            typer.echo(
+                f"scan {scan_public.id} {scan_public.status.value}: {scan_public.error}", err=True
+            )
+        response = http.get(f"/api/v1/plates/{body['plate_barcode']}/wells")
+        raise_for_api(response)
+        return PlateWellsPublic.model_validate(response.json()).wells
+
+
+def _print_truth_comparison(barcode: str, results: list[WellResultPublic]) -> None:
+    from hardware.sim import SimulationConfig, plate_truth
+
+    truth = plate_truth(SimulationConfig(seed=get_settings().simulation_seed), barcode)
+    called = [r for r in results if r.label is not None]
+    if not called:
+        typer.echo("no well was called; nothing to compare", err=True)
+        return
+    agree = sum(1 for r in called if truth[r.well].label == r.label)
+    typer.echo(
+        f" vs simulated FCT ground truth: {agree}/{len(called)} calls agree "
+        f"({agree / len(called):.1%}); the simulator's hidden labels, not a real cytometer"
+    )
+
+
+def results(
+    plate: Annotated[str, typer.Option("--plate", "-p", help="Plate barcode.")],
+    csv_output: Annotated[
+        bool, typer.Option("--csv", help="Print CSV instead of the map.")
+    ] = False,
+    server: Annotated[str | None, typer.Option(help="URL of a running service.")] = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Print the latest per-well calls of a plate."""
+    if server:
+        with client(server, api_key) as http:
+            response = http.get(f"/api/v1/plates/{plate}/wells")
+            raise_for_api(response)
+            plate_wells = PlateWellsPublic.model_validate(response.json())
+    else:
+        with database() as factory, session_scope(factory) as session:
+            try:
+                plate_wells = wells.plate_wells(session, plate).public()
+            except NotFoundError:
+                raise UserError(
+                    f"no results for plate {plate!r} in {get_settings().resolved_database_url}"
+                ) from None
+    if csv_output:
+        typer.echo(wells.results_csv(plate_wells.wells), nl=False)
+    else:
+        typer.echo(
+            f"plate {plate_wells.plate_barcode}, scan {plate_wells.scan.id} "
+            f"({plate_wells.scan.status.value})"
+        )
+        typer.echo(render_plate_map(plate_wells.wells, color=sys.stdout.isatty()))

@@ -1,0 +1,51 @@
+"""Timeouts and failure policy of a :class:`hardware.pycromanager.PycromanagerScanner`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class PycromanagerSettings:
+    """Timeouts and policies of a :class:`PycromanagerScanner`.
+
+    Attributes:
+        snap_timeout_s: longest wait for one frame (exposure, readout, transfer), in s; a frame
+            later than this fails its well (in-process engine only: a Java engine has its own).
+        device_timeout_s: longest wait for a device to finish a move or state change, in s
+            (the core's ``TimeoutMs``, set at the start of each scan).
+        stall_timeout_s: longest time without any progress (a field starting, a frame, a lost
+            frame), in s, before the acquisition is declared hung and the scan stops; must
+            exceed ``snap_timeout_s + device_timeout_s``.
+        shutdown_timeout_s: longest wait for pycromanager to wind down after the last event or
+            an abort, in s.
+        connect_timeout_s: longest wait for Micro-Manager's ZMQ server, in s (Java only).
+        max_consecutive_failures: failed wells in a row that stop the scan (a camera or stage
+            that fails every well is broken, not unlucky).
+        objective_group: the config group whose presets are the objective names ("40x",
+            "100x"); pycromanager's ``channel_group``.
+    """
+
+    snap_timeout_s: float = 10.0
+    device_timeout_s: float = 10.0
+    stall_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    max_consecutive_failures: int = 3
+    objective_group: str = "Objective"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "snap_timeout_s",
+            "device_timeout_s",
+            "stall_timeout_s",
+            "shutdown_timeout_s",
+            "connect_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_consecutive_failures < 1:
+            raise ValueError("max_consecutive_failures must be >= 1")
+        if self.stall_timeout_s <= self.snap_timeout_s + self.device_timeout_s:
+            # one field may legitimately wait for a device and then for the camera
+            raise ValueError("stall_timeout_s must exceed snap_timeout_s + device_timeout_s")

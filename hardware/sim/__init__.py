@@ -1,0 +1,44 @@
+"""A deterministic phase-contrast microscope over a 96-well plate of adherent human BM-MSCs.
+
+The simulator is the embedded default backend and the source of the CNN's training images, so it
+aims at a classification task that is learnable from morphology but not trivial. Its parts:
+
+* :mod:`hardware.sim.config`: :class:`SimulationConfig`, everything that fixes what is rendered.
+* :mod:`hardware.sim.truth`: each well's hidden ground truth (:class:`WellTruth`) and the
+  plate's flow-cytometry export (:func:`fct_export_csv`).
+* :mod:`hardware.sim.cells`: cell shapes per well, drawn as a phase image.
+* :mod:`hardware.sim.optics`: optics and camera, phase image -> uint16 frame
+  (:func:`render_field`, :func:`pixel_size_um`).
+* :mod:`hardware.sim.microscope`: :class:`SimulatedMicroscope`, the
+  :class:`hardware.microscope.Microscope` over all of it, and :func:`well_at`.
+* :mod:`hardware.sim.mm_devices`: the same simulator as Micro-Manager devices on pymmcore-plus's
+  UniMMCore, with ``simulated_microscope.cfg``. Not re-exported here: it imports pymmcore-plus,
+  which the rest of the simulator does not need; import it from its module.
+"""
+
+from hardware.sim.config import SimulationConfig
+from hardware.sim.microscope import SimulatedMicroscope, well_at
+from hardware.sim.optics import OBJECTIVE_MAGNIFICATION, pixel_size_um, render_field
+from hardware.sim.truth import (
+    FCT_COLUMNS,
+    FCT_THRESHOLD_PCT,
+    WellTruth,
+    fct_export_csv,
+    plate_truth,
+    well_truth,
+)
+
+__all__ = [
+    "FCT_COLUMNS",
+    "FCT_THRESHOLD_PCT",
+    "OBJECTIVE_MAGNIFICATION",
+    "SimulatedMicroscope",
+    "SimulationConfig",
+    "WellTruth",
+    "fct_export_csv",
+    "pixel_size_um",
+    "plate_truth",
+    "render_field",
+    "well_at",
+    "well_truth",
+]

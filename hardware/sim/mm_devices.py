@@ -1,0 +1,547 @@
+"""The simulated microscope as pure-Python Micro-Manager devices on pymmcore-plus's UniMMCore.
+
+pymmcore-plus's ``UniMMCore`` (``pymmcore_plus.experimental.unicore``) accepts device adapters
+written in Python next to the C++ ones, so the acquisition code that drives a real microscope
+(pycromanager's engine, pymmcore-plus's MDA engine) runs unchanged against the simulator.
+
+Devices (default labels in brackets) are views onto one :class:`SimulatedMicroscope`, which
+holds the physical state (stage position, objective, plate) and renders frames:
+
+* :class:`SimulatedCamera` ["Camera"]: snaps :func:`hardware.sim.optics.render_field` for the
+  current stage position, objective and loaded plate; (H, W) uint16 holding 12-bit values.
+* :class:`SimulatedXYStage` ["XY"]: plate stage coordinates, in um.
+* :class:`SimulatedFocusStage` ["Z"]: focus drive, in um (recorded; the simulator draws its
+  own per-field defocus).
+* :class:`SimulatedShutter` ["Shutter"]: transmitted-light shutter (recorded only, see below).
+* :class:`SimulatedObjectiveTurret` ["Objective"]: state device, state 0 = "40x" optics,
+  state 1 = "100x" optics.
+
+:func:`build_simulated_core` loads these into a :class:`SimulatedMMCore` and defines the
+config group "Objective" (presets "40x", "100x") and one pixel-size config per objective
+whose size is :func:`hardware.sim.optics.pixel_size_um`. :data:`SIMULATED_CFG`
+(``simulated_microscope.cfg``) declares the same system in Micro-Manager's .cfg format;
+:func:`load_simulated_core` loads it.
+
+How devices find their simulator: devices built by :func:`build_simulated_core` are handed one
+explicitly. Devices created from a .cfg file are constructed without arguments (UniMMCore
+imports the class and calls it), and a Python device only sees a restricted core proxy, not
+its sibling devices; they therefore attach, at initialisation, to a process-wide simulator
+named by their pre-init property ``"Simulator"`` (default ``"default"``), see
+:func:`shared_simulator`. Two cores loaded from .cfg files naming the same simulator share one
+stage and plate, as two programs attached to one real microscope would.
+
+Known gaps of UniMMCore 0.18.1 that :class:`SimulatedMMCore` fills (and why it exists):
+
+* The C++ core matches pixel-size configs only against C++ devices, so with a Python
+  objective turret ``getCurrentPixelSizeConfig()`` is always "" and ``getPixelSizeUm()`` /
+  ``getPixelSizeAffine()`` are 0 (UniMMCore defers to the C++ values at binning 1).
+* ``getImageBitDepth()`` of a Python camera is the dtype's size (16); ours reports 12.
+
+Not modelled: a closed shutter does not darken frames (UniMMCore 0.18.1's auto-shutter does
+not open Python shutters, so tying the frame to it would make every auto-shuttered snap
+dark); the exposure time is recorded but frames are rendered at the simulator's own exposure;
+moves and snaps take no simulated time (``StallWells`` excepted).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pymmcore_plus import CMMCorePlus, DeviceInitializationState
+from pymmcore_plus.experimental.unicore import (
+    ShutterDevice,
+    SimpleCameraDevice,
+    StageDevice,
+    StateDevice,
+    UniMMCore,
+    XYStageDevice,
+)
+
+from hardware.microscope import OBJECTIVES, HardwareError
+from hardware.sim.config import SimulationConfig
+from hardware.sim.microscope import SimulatedMicroscope, well_at
+from hardware.sim.optics import pixel_size_um
+
+logger = logging.getLogger(__name__)
+
+CAMERA = "Camera"
+XY_STAGE = "XY"
+FOCUS = "Z"
+SHUTTER = "Shutter"
+OBJECTIVE = "Objective"
+OBJECTIVE_GROUP = "Objective"
+"""Config group whose presets ("40x", "100x") select the objective; pycromanager's
+``channel_group``."""
+
+SIMULATOR_PROPERTY = "Simulator"
+DEFAULT_SIMULATOR = "default"
+BIT_DEPTH_PROPERTY = "BitDepth"
+
+SIMULATED_CFG = Path(__file__).with_name("simulated_microscope.cfg")
+"""The simulated system as a Micro-Manager .cfg file (Python devices on ``#py`` lines)."""
+
+_PACKAGE_DIR = Path(__file__).parent
+
+_simulators: dict[str, SimulatedMicroscope] = {}
+_simulators_lock = threading.Lock()
+
+
+def shared_simulator(name: str = DEFAULT_SIMULATOR) -> SimulatedMicroscope:
+    """The process-wide simulator called ``name``, created with ``SimulationConfig()`` on first
+    use. Devices loaded from a .cfg file attach to it (see the module docstring)."""
+    with _simulators_lock:
+        if name not in _simulators:
+            _simulators[name] = SimulatedMicroscope(SimulationConfig())
+        return _simulators[name]
+
+
+def pixel_config_name(objective: str) -> str:
+    """Name of the pixel-size config of an objective, e.g. ``"Res40x"``."""
+    return f"Res{objective}"
+
+
+def _wells(text: str, config: SimulationConfig) -> frozenset[str]:
+    """Canonical well names from a comma/space separated list ("b07, C1" -> {"B7", "C1"})."""
+    names = [part for part in text.replace(",", " ").split() if part]
+    return frozenset(config.plate.normalise(name) for name in names)
+
+
+class _SimulatorLink:
+    """Which :class:`SimulatedMicroscope` a device drives: the one given at construction, or
+    the shared one named by its ``Simulator`` property, resolved when first needed."""
+
+    def __init__(self, explicit: SimulatedMicroscope | None) -> None:
+        self._simulator = explicit
+        self.name = DEFAULT_SIMULATOR
+
+    def get(self) -> SimulatedMicroscope:
+        if self._simulator is None:
+            self._simulator = shared_simulator(self.name)
+        return self._simulator
+
+    def set_name(self, name: str) -> None:
+        if self._simulator is not None and name != self.name:
+            raise HardwareError(
+                "the Simulator property must be set before the device is initialised"
+            )
+        self.name = name
+
+    def get_name(self) -> str:
+        return self.name
+
+
+def _register_simulator_property(device: Any, link: _SimulatorLink) -> None:
+    """Add the pre-init ``Simulator`` property that names the shared simulator to attach to."""
+    device.register_property(
+        SIMULATOR_PROPERTY,
+        default_value=DEFAULT_SIMULATOR,
+        property_type=str,
+        is_pre_init=True,
+        getter=lambda _dev: link.get_name(),
+        setter=lambda _dev, value: link.set_name(str(value)),
+    )
+
+
+class SimulatedCamera(SimpleCameraDevice):
+    """Phase-contrast camera of the simulated microscope: (H, W) uint16, 12-bit values.
+
+    Each snap renders what the simulator sees at the XY stage's current position through the
+    current objective, bit-identical to :func:`hardware.sim.optics.render_field` over a well.
+
+    Properties besides the standard ``Exposure`` (ms) and ``Binning`` (always 1):
+        Barcode: plate on the stage (the simulator renders that plate).
+        FailWells: wells (comma separated) whose snaps raise
+            :class:`hardware.microscope.WellAcquisitionError`: injected camera failure.
+        StallWells / StallSeconds: snaps over these wells return only after this many seconds:
+            injected camera hang, to exercise acquisition timeouts.
+        Seed, Difficulty: the simulator's :class:`SimulationConfig` fields of the same name.
+        BitDepth: read-only ADC depth (12).
+        Simulator: pre-init, the shared simulator to attach to (.cfg loading).
+    """
+
+    def __init__(self, simulator: SimulatedMicroscope | None = None) -> None:
+        super().__init__()
+        self._link = _SimulatorLink(simulator)
+        self._exposure_ms = 10.0
+        self._stall_wells: frozenset[str] = frozenset()
+        self._stall_s = 0.0
+        _register_simulator_property(self, self._link)
+        cls = type(self)
+        self._register("Barcode", str, cls._get_barcode, cls._set_barcode)
+        self._register("FailWells", str, cls._get_fail_wells, cls._set_fail_wells)
+        self._register("StallWells", str, cls._get_stall_wells, cls._set_stall_wells)
+        self._register("StallSeconds", float, cls._get_stall_s, cls._set_stall_s, (0.0, 3600.0))
+        self._register("Seed", int, cls._get_seed, cls._set_seed)
+        self._register("Difficulty", float, cls._get_difficulty, cls._set_difficulty, (0.0, 1.0))
+        self.register_property(
+            BIT_DEPTH_PROPERTY, property_type=int, is_read_only=True, getter=cls._get_bit_depth
+        )
+        self.set_property_limits("Exposure", (0.01, 60_000.0))
+
+    def _register(
+        self,
+        name: str,
+        kind: type,
+        getter: Callable[[Any], Any],
+        setter: Callable[[Any, Any], None],
+        limits: tuple[float, float] | None = None,
+    ) -> None:
+        self.register_property(
+            name, property_type=kind, getter=getter, setter=setter, limits=limits
+        )
+
+    @property
+    def simulator(self) -> SimulatedMicroscope:
+        return self._link.get()
+
+    def initialize(self) -> None:
+        self._link.get()
+
+    # camera API ---------------------------------------------------------------------------
+
+    def get_exposure(self) -> float:
+        """Exposure time in ms (recorded; frames use the simulator's own exposure)."""
+        return self._exposure_ms
+
+    def set_exposure(self, exposure: float) -> None:
+        self._exposure_ms = float(exposure)
+
+    def sensor_shape(self) -> tuple[int, int]:
+        """(H, W) of a frame, in pixels."""
+        height, width = self.simulator.config.camera_shape
+        return height, width
+
+    def dtype(self) -> npt.DTypeLike:
+        return np.uint16
+
+    def snap(self, buffer: np.ndarray) -> Mapping[str, Any]:
+        """Render the frame at the current stage position into ``buffer`` (H, W) uint16.
+
+        Raises :class:`hardware.microscope.WellAcquisitionError` over a ``FailWells`` well.
+        """
+        simulator = self.simulator
+        x_um, y_um = simulator.position_um
+        well = well_at(simulator.config.plate, x_um, y_um)
+        if well is not None and well in self._stall_wells:
+            logger.info("simulated camera stalls %.1f s over well %s", self._stall_s, well)
+            time.sleep(self._stall_s)
+        # The simulator checks FailWells and renders; "" names no well (between wells).
+        buffer[:] = simulator.snap(well or "", 0)
+        return {"SimulatedWell": well or "", "Barcode": simulator.barcode}
+
+    # properties ---------------------------------------------------------------------------
+
+    def _get_barcode(self) -> str:
+        return self.simulator.barcode
+
+    def _set_barcode(self, value: str) -> None:
+        self.simulator.load_plate(str(value))
+
+    def _get_fail_wells(self) -> str:
+        return ",".join(sorted(self.simulator.fail_wells))
+
+    def _set_fail_wells(self, value: str) -> None:
+        simulator = self.simulator
+        simulator.fail_wells = _wells(str(value), simulator.config)
+
+    def _get_stall_wells(self) -> str:
+        return ",".join(sorted(self._stall_wells))
+
+    def _set_stall_wells(self, value: str) -> None:
+        self._stall_wells = _wells(str(value), self.simulator.config)
+
+    def _get_stall_s(self) -> float:
+        return self._stall_s
+
+    def _set_stall_s(self, value: float) -> None:
+        self._stall_s = float(value)
+
+    def _get_seed(self) -> int:
+        return self.simulator.config.seed
+
+    def _set_seed(self, value: int) -> None:
+        simulator = self.simulator
+        simulator.config = dataclasses.replace(simulator.config, seed=int(value))
+
+    def _get_difficulty(self) -> float:
+        return self.simulator.config.difficulty
+
+    def _set_difficulty(self, value: float) -> None:
+        simulator = self.simulator
+        simulator.config = dataclasses.replace(simulator.config, difficulty=float(value))
+
+    def _get_bit_depth(self) -> int:
+        return self.simulator.config.bit_depth
+
+
+class SimulatedXYStage(XYStageDevice):
+    """XY stage of the simulated microscope, in um (plate stage coordinates, see
+    :mod:`hardware.plate`). Moves are instantaneous. ``set_origin*`` shift the reported
+    coordinates; the simulator keeps rendering at the physical position."""
+
+    def __init__(self, simulator: SimulatedMicroscope | None = None) -> None:
+        super().__init__()
+        self._link = _SimulatorLink(simulator)
+        self._origin_um = (0.0, 0.0)  # physical position reported as (0, 0)
+        _register_simulator_property(self, self._link)
+
+    def initialize(self) -> None:
+        self._link.get()
+
+    def set_position_um(self, x: float, y: float) -> None:
+        ox, oy = self._origin_um
+        self._link.get().move_to(float(x) + ox, float(y) + oy)
+        self.core.events.XYStagePositionChanged.emit(self.get_label(), float(x), float(y))
+
+    def get_position_um(self) -> tuple[float, float]:
+        x, y = self._link.get().position_um
+        ox, oy = self._origin_um
+        return x - ox, y - oy
+
+    def set_origin_x(self) -> None:
+        self._origin_um = (self._link.get().position_um[0], self._origin_um[1])
+
+    def set_origin_y(self) -> None:
+        self._origin_um = (self._origin_um[0], self._link.get().position_um[1])
+
+    def home(self) -> None:
+        """Move to the physical origin, the plate's top-left corner (no well there)."""
+        self._link.get().move_to(0.0, 0.0)
+        self._origin_um = (0.0, 0.0)
+
+    def stop(self) -> None:
+        """Nothing to stop: moves complete at once."""
+
+
+class SimulatedFocusStage(StageDevice):
+    """Focus drive of the simulated microscope, in um. The position is recorded only: the
+    simulator draws each field's defocus itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._z_um = 0.0
+        self._origin_um = 0.0
+
+    def set_position_um(self, val: float) -> None:
+        self._z_um = float(val) + self._origin_um
+        self.core.events.stagePositionChanged.emit(self.get_label(), float(val))
+
+    def get_position_um(self) -> float:
+        return self._z_um - self._origin_um
+
+    def set_origin(self) -> None:
+        self._origin_um = self._z_um
+
+    def home(self) -> None:
+        self._z_um = self._origin_um = 0.0
+
+    def stop(self) -> None:
+        """Nothing to stop: moves complete at once."""
+
+
+class SimulatedShutter(ShutterDevice):
+    """Transmitted-light shutter of the simulated microscope (state recorded only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open = False
+
+    def get_open(self) -> bool:
+        return self._open
+
+    def set_open(self, open: bool) -> None:
+        self._open = bool(open)
+
+
+class SimulatedObjectiveTurret(StateDevice):
+    """Objective turret: state 0 holds the "40x" optics, state 1 the "100x" optics.
+
+    Labels follow Micro-Manager's convention and can be renamed; the optics behind a state do
+    not change with its label.
+    """
+
+    OPTICS: ClassVar[tuple[str, ...]] = OBJECTIVES
+
+    def __init__(self, simulator: SimulatedMicroscope | None = None) -> None:
+        super().__init__(dict(enumerate(self.OPTICS)))
+        self._link = _SimulatorLink(simulator)
+        _register_simulator_property(self, self._link)
+
+    def initialize(self) -> None:
+        self._link.get()
+
+    def get_state(self) -> int:
+        return self.OPTICS.index(self._link.get().objective)
+
+    def set_state(self, position: int) -> None:
+        position = int(position)
+        if not 0 <= position < len(self.OPTICS):
+            raise ValueError(f"objective turret has no state {position}")
+        self._link.get().set_objective(OBJECTIVES[position])
+
+
+class SimulatedMMCore(UniMMCore):
+    """UniMMCore that resolves pixel-size configs and bit depth for Python devices.
+
+    Args:
+        mm_path: Micro-Manager folder (C++ adapters, relative .cfg paths). Defaults to this
+            package's folder, which holds :data:`SIMULATED_CFG` and no C++ adapters, so no
+            Micro-Manager install is looked for.
+        adapter_paths: extra C++ device-adapter folders.
+    """
+
+    def __init__(self, mm_path: str | None = None, adapter_paths: Collection[str] = ()) -> None:
+        super().__init__(mm_path or str(_PACKAGE_DIR), list(adapter_paths))
+        _live_cores.add(self)
+
+    def getCurrentPixelSizeConfig(self, cached: bool = False) -> Any:  # noqa: N802 (MM API)
+        """Name of the pixel-size config matching the current device state, or "".
+
+        The C++ core only looks at C++ devices; Python devices are compared here, read live
+        (the property cache of a Python device can lag behind a state change).
+        """
+        found = super().getCurrentPixelSizeConfig(cached)
+        if found:
+            return found
+        for resolution in self.getAvailablePixelSizeConfigs():
+            settings = list(self.getPixelSizeConfigData(resolution))
+            if settings and all(
+                str(self._property_value(device, prop, cached)) == str(value)
+                for device, prop, value in settings
+            ):
+                return resolution
+        return ""
+
+    def getPixelSizeUm(self, cached: bool = False) -> float:  # noqa: N802 (MM API)
+        """Pixel size in the sample plane, in um: the current pixel-size config's size times
+        the camera binning over the magnifier factor (as the C++ core computes it)."""
+        resolution = self.getCurrentPixelSizeConfig(cached)
+        if not resolution:
+            return 0.0
+        return float(self.getPixelSizeUmByID(resolution)) * self._pixel_scale()
+
+    def getPixelSizeAffine(self, cached: bool = False) -> Any:  # noqa: N802 (MM API)
+        """Pixel-size affine transform of the current pixel-size config, scaled like
+        :meth:`getPixelSizeUm`; all zeros when no config matches."""
+        resolution = self.getCurrentPixelSizeConfig(cached)
+        if not resolution:
+            return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        scale = self._pixel_scale()
+        return tuple(float(v) * scale for v in self.getPixelSizeAffineByID(resolution))
+
+    def _pixel_scale(self) -> float:
+        camera = self.getCameraDevice()
+        binning = 1.0
+        if camera and self.hasProperty(camera, "Binning"):
+            binning = float(self.getProperty(camera, "Binning"))
+        return binning / float(self.getMagnificationFactor())
+
+    def _property_value(self, device: str, prop: str, cached: bool) -> Any:
+        if cached and not self.isPyDevice(device):
+            return self.getPropertyFromCache(device, prop)
+        return self.getProperty(device, prop)
+
+    def getImageBitDepth(self) -> int:  # noqa: N802 (MM API)
+        """Bits per pixel value: a Python camera's ``BitDepth`` property where it has one."""
+        camera = self.getCameraDevice()
+        if camera and self.isPyDevice(camera) and self.hasProperty(camera, BIT_DEPTH_PROPERTY):
+            return int(self.getProperty(camera, BIT_DEPTH_PROPERTY))
+        return super().getImageBitDepth()
+
+
+_live_cores: weakref.WeakSet[SimulatedMMCore] = weakref.WeakSet()
+
+
+@atexit.register
+def _detach_callbacks_at_exit() -> None:
+    """Unhook the C++ core's event callback from every core still alive at exit.
+
+    pymmcore 12 delivers core events from a C++ thread; one still queued when the
+    interpreter finalises calls into Python too late and the process aborts ("FATAL:
+    exception not rethrown", exit status 134). atexit handlers run before finalisation.
+    """
+    for core in list(_live_cores):
+        with suppress(Exception):
+            # the C++ CMMCore.registerCallback: pymmcore-plus hides it behind a warning
+            super(CMMCorePlus, core).registerCallback(None)
+
+
+def build_simulated_core(
+    config: SimulationConfig | None = None,
+    *,
+    barcode: str = "",
+    fail_wells: Collection[str] = (),
+    simulator: SimulatedMicroscope | None = None,
+    timeout_ms: int = 5000,
+) -> SimulatedMMCore:
+    """A core with the simulated devices loaded, initialised and configured.
+
+    Args:
+        config: simulation settings (ignored when ``simulator`` is given).
+        barcode: plate on the stage.
+        fail_wells: wells whose snaps fail (injected camera failure).
+        simulator: an existing simulator to drive instead of a new one.
+        timeout_ms: the core's device wait timeout, in ms.
+
+    Returns:
+        A :class:`SimulatedMMCore` with devices :data:`CAMERA`, :data:`XY_STAGE`,
+        :data:`FOCUS`, :data:`SHUTTER`, :data:`OBJECTIVE` as the core's current devices, the
+        config group :data:`OBJECTIVE_GROUP` (presets "40x", "100x") and pixel-size configs
+        ``Res40x``/``Res100x`` sized by :func:`hardware.sim.optics.pixel_size_um`.
+    """
+    if simulator is None:
+        simulator = SimulatedMicroscope(config, barcode=barcode, fail_wells=fail_wells)
+    elif barcode or fail_wells:
+        raise ValueError("pass barcode/fail_wells to the simulator, not alongside it")
+    core = SimulatedMMCore()
+    core.loadPyDevice(CAMERA, SimulatedCamera(simulator))
+    core.loadPyDevice(XY_STAGE, SimulatedXYStage(simulator))
+    core.loadPyDevice(FOCUS, SimulatedFocusStage())
+    core.loadPyDevice(SHUTTER, SimulatedShutter())
+    core.loadPyDevice(OBJECTIVE, SimulatedObjectiveTurret(simulator))
+    core.initializeAllDevices()
+    for label in (CAMERA, XY_STAGE, FOCUS, SHUTTER, OBJECTIVE):
+        # UniMMCore logs a Python device's initialisation error instead of raising it.
+        state = core.getDeviceInitializationState(label)
+        if state != DeviceInitializationState.InitializedSuccessfully:
+            raise HardwareError(f"simulated device {label!r} failed to initialise ({state.name})")
+    core.setCameraDevice(CAMERA)
+    core.setXYStageDevice(XY_STAGE)
+    core.setFocusDevice(FOCUS)
+    core.setShutterDevice(SHUTTER)
+    core.setTimeoutMs(timeout_ms)
+    for objective in OBJECTIVES:
+        core.defineConfig(OBJECTIVE_GROUP, objective, OBJECTIVE, "Label", objective)
+        resolution = pixel_config_name(objective)
+        core.definePixelSizeConfig(resolution, OBJECTIVE, "Label", objective)
+        size_um = pixel_size_um(simulator.config, objective)
+        core.setPixelSizeUm(resolution, size_um)
+        # image column grows with stage x, image row with stage y (see hardware.sim.optics)
+        core.setPixelSizeAffine(resolution, [size_um, 0.0, 0.0, 0.0, size_um, 0.0])
+    core.setConfig(OBJECTIVE_GROUP, simulator.objective)
+    core.updateSystemStateCache()
+    return core
+
+
+def load_simulated_core(path: str | Path = SIMULATED_CFG) -> SimulatedMMCore:
+    """A :class:`SimulatedMMCore` configured from a Micro-Manager .cfg file (by default
+    :data:`SIMULATED_CFG`). Its devices attach to :func:`shared_simulator`."""
+    core = SimulatedMMCore()
+    core.loadSystemConfiguration(Path(path))
+    return core
+
+
+def set_plate(core: UniMMCore, barcode: str, *, camera: str = CAMERA) -> None:
+    """Tell the simulated camera which plate is on the stage (its ``Barcode`` property)."""
+    core.setProperty(camera, "Barcode", barcode)

@@ -1,0 +1,52 @@
+"""What to train, on what: the one spelling of a training run's parameters.
+
+The API's request body (:class:`TrainingRequest`, served as ``TrainingRunCreate``), the
+``mscreen train`` options and the training child process the API starts (which reads the spec
+stored with its run) all validate through these models, so a limit or a default is stated once.
+Plain pydantic, no PyTorch: the service imports it without the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class TrainingRequest(BaseModel):
+    """What a remote caller may ask for: sources on the server's own data, bounded sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="hscnn-sim", pattern=MODEL_NAME_PATTERN)
+    # "database": retrain on this service's plates that have FCT labels (split by plate; the
+    # *_plates counts below are then unused); "simulated": fresh simulated plates.
+    source: Literal["simulated", "database"] = "simulated"
+    plates: Annotated[list[str], Field(max_length=500)] | None = None  # database: only these
+    train_plates: Annotated[int, Field(ge=1, le=50)] = 4
+    val_plates: Annotated[int, Field(ge=1, le=20)] = 1
+    test_plates: Annotated[int, Field(ge=1, le=20)] = 2
+    epochs: Annotated[int, Field(ge=1, le=500)] = 30
+    seed: int = 0
+
+
+class TrainingSpec(TrainingRequest):
+    """Everything a training run takes; the local CLI may also train on a folder of images,
+    choose the network, the HSM window, the simulator's difficulty and the device."""
+
+    source: Literal["simulated", "database", "folder"] = "simulated"  # type: ignore[assignment]
+    data: Path | None = Field(default=None, description="folder: root of <class>/<image> folders")
+    group_by: str | None = Field(
+        default=None, description="folder: regex on file stems naming a group ('celltype')"
+    )
+    size: Annotated[int, Field(ge=16)] | None = None  # folder: network input height = width
+    architecture: str = "scnn"
+    # 1 = no spatial-spectral neighbours (the default, see docs/experiments.md, HSM ablation);
+    # 9 with k = 12 = the paper's HSM.
+    ws: Annotated[int, Field(ge=1)] = 1
+    k: Annotated[int, Field(ge=2)] = 12
+    difficulty: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # simulator class overlap
+    device: Literal["cpu", "cuda", "auto"] = "cpu"

@@ -1,0 +1,83 @@
+"""Simulated plates as training data: every field rendered by the simulator and prepared by
+:func:`models.pipeline.prepare` exactly as the service prepares a scanned frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware.plate import SBS_96
+from hardware.sim import SimulationConfig, plate_truth, render_field
+from models.pipeline import PipelineConfig, prepare
+from training.imagesets import ImageSet, collect_images, prepare_in_parallel
+
+
+@dataclass(frozen=True)
+class _FieldJob:
+    sim: SimulationConfig
+    pipeline: PipelineConfig
+    barcode: str
+    well: str
+    field_index: int
+    x_um: float
+    y_um: float
+    objective: str
+    label: int
+
+    @property
+    def group(self) -> str:
+        return self.barcode  # a plate's wells never straddle train and test
+
+    @property
+    def name(self) -> str:
+        return f"{self.barcode}/{self.well}/f{self.field_index}"
+
+
+def _run_job(job: _FieldJob) -> tuple[_FieldJob, np.ndarray | None, np.ndarray | None]:
+    frame = render_field(job.sim, job.barcode, job.well, job.x_um, job.y_um, job.objective)
+    prepared = prepare(frame, job.pipeline, bit_depth=job.sim.bit_depth)
+    if prepared.qc.excluded or prepared.features is None or prepared.mask is None:
+        return job, None, None
+    return job, prepared.features, prepared.mask
+
+
+def simulated_image_set(
+    barcodes: Sequence[str],
+    *,
+    sim: SimulationConfig,
+    pipeline: PipelineConfig,
+    objective: str = "40x",
+    fields_per_well: int = 1,
+    field_spacing_um: float = 1500.0,
+    wells: Sequence[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ImageSet:
+    """Render plates with the simulator and prepare every field as the service would.
+
+    ``wells`` limits each plate to those wells (default: all 96). Fields excluded by QC
+    (overexposed frames) are dropped, as the service drops them.
+    """
+    jobs: list[_FieldJob] = []
+    offsets = SBS_96.field_offsets_um(fields_per_well, field_spacing_um)
+    for barcode in barcodes:
+        truth = plate_truth(sim, barcode)
+        for well in wells or SBS_96.well_names:
+            cx, cy = SBS_96.well_center_um(well)
+            for index, (dx, dy) in enumerate(offsets):
+                jobs.append(
+                    _FieldJob(
+                        sim,
+                        pipeline,
+                        barcode,
+                        well,
+                        index,
+                        cx + dx,
+                        cy + dy,
+                        objective,
+                        int(truth[well].label == "high"),
+                    )
+                )
+    return collect_images(prepare_in_parallel(_run_job, jobs, workers), len(jobs), progress)
