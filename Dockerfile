@@ -26,6 +26,8 @@ RUN apt-get update \
 WORKDIR /opt/mscreen
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
+COPY cli ./cli
+COPY store ./store
 COPY models ./models
 COPY hardware ./hardware
 COPY training ./training

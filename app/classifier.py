@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,7 +31,6 @@ class WellCall:
     confluence_pct: float | None
     preprocessing_ms: float
     inference_ms: float
-    logit_maps: list[np.ndarray] = field(default_factory=list)  # (h, w) per used field
 
     @property
     def fields_used(self) -> int:
@@ -41,28 +40,26 @@ class WellCall:
 class WellClassifier:
     """Turns a well's acquired fields into a :class:`WellCall` with one batched inference."""
 
-    def __init__(self, model: OnnxClassifier, *, bit_depth: int | None = None) -> None:
+    def __init__(self, model: OnnxClassifier) -> None:
         self.model = model
         self.config = model.pipeline_config
-        self.bit_depth = bit_depth
 
     def classify(self, fields: list[AcquiredField]) -> WellCall:
         started = time.perf_counter()
-        prepared = [prepare(f.image, self.config, bit_depth=self.bit_depth) for f in fields]
+        # Each frame is scaled by its own camera's bit depth, recorded when it was acquired.
+        prepared = [prepare(f.image, self.config, bit_depth=f.bit_depth) for f in fields]
         preprocessing_ms = (time.perf_counter() - started) * 1000.0
 
         usable = [i for i, p in enumerate(prepared) if not p.qc.excluded]
         probabilities: dict[int, float] = {}
-        logit_maps: list[np.ndarray] = []
         inference_ms = 0.0
         if usable:
             features = np.stack([_required(prepared[i].features) for i in usable])
             masks = np.stack([_required(prepared[i].mask)[None] for i in usable]).astype(np.float32)
             started = time.perf_counter()
-            probs, maps = self.model.predict(features, masks)
+            probs, _ = self.model.predict(features, masks)  # the maps: only for overlays
             inference_ms = (time.perf_counter() - started) * 1000.0
             probabilities = {i: float(p) for i, p in zip(usable, probs, strict=True)}
-            logit_maps = [m[0] for m in maps]
 
         flags = sorted({flag for p in prepared for flag in p.qc.flags})
         confluences = [p.confluence_pct for p in prepared if p.confluence_pct is not None]
@@ -78,7 +75,6 @@ class WellClassifier:
             confluence_pct=float(np.mean(confluences)) if confluences else None,
             preprocessing_ms=preprocessing_ms,
             inference_ms=inference_ms,
-            logit_maps=logit_maps,
         )
 
 

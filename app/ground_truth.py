@@ -27,18 +27,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import audit
+from hardware.cytometry import fct_label
 from hardware.plate import SBS_96, PlateGeometry, WellNameError
 from store.orm import FctMeasurement, ManualCall, Plate, Well
 from store.queries import get_or_create_plate
 
-FCT_THRESHOLD_PCT = 95.0
 MAX_EVENTS = 2**31 - 1  # the event_count column is a 32-bit integer
 
 T = TypeVar("T")
-
-
-def fct_label(cd73_pct: float, cd90_pct: float) -> str:
-    return "high" if cd73_pct > FCT_THRESHOLD_PCT and cd90_pct > FCT_THRESHOLD_PCT else "low"
 
 
 @dataclass(frozen=True)

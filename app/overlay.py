@@ -9,21 +9,26 @@ from app.classifier import WellClassifier
 from models.pipeline import normalise, prepare, to_uint8
 
 
-def image_png(frame: np.ndarray, classifier: WellClassifier) -> bytes:
-    """The frame as an 8-bit PNG at camera resolution (display copy; the raw frame is kept)."""
-    frame8 = to_uint8(frame, classifier.bit_depth)
+def image_png(frame: np.ndarray, bit_depth: int | None) -> bytes:
+    """The frame as an 8-bit PNG at camera resolution (display copy; the raw frame is kept).
+
+    ``bit_depth``: significant bits of the stored frame's pixel values (None: its dtype's).
+    """
+    frame8 = to_uint8(frame, bit_depth)
     return _encode(frame8)
 
 
-def overlay_png(frame: np.ndarray, classifier: WellClassifier, alpha: float = 0.45) -> bytes:
+def overlay_png(
+    frame: np.ndarray, classifier: WellClassifier, bit_depth: int | None, alpha: float = 0.45
+) -> bytes:
     """The model's per-pixel P(high) over the normalised image, on cell pixels only.
 
     Green = high, red = low; background (mask) left grey. The map is recomputed from the stored
     frame with the serving pipeline and model, so it is exactly what made the call.
     """
     config = classifier.config
-    prepared = prepare(frame, config, bit_depth=classifier.bit_depth)
-    frame8 = to_uint8(frame, classifier.bit_depth)
+    prepared = prepare(frame, config, bit_depth=bit_depth)
+    frame8 = to_uint8(frame, bit_depth)
     base = prepared.normalised if prepared.normalised is not None else normalise(frame8, config)
     canvas = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
     if prepared.qc.excluded or prepared.features is None or prepared.mask is None:

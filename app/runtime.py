@@ -23,9 +23,9 @@ from app.classifier import WellClassifier
 from app.errors import ConflictError, NotFoundError, UnavailableError
 from app.settings import Settings
 from app.worker import ScanWorker, WorkerContext
-from hardware.microscope import PlateScanner, StepScanner
+from hardware.backends import BackendOptions, get_backend
+from hardware.microscope import PlateScanner
 from hardware.plate import PlateGeometry
-from hardware.sim import SimulatedMicroscope, SimulationConfig
 from models.inference import OnnxClassifier, RuntimeUnavailableError
 from models.repository import ModelArtifact, ModelNotFoundError, ModelRepository
 from store import db
@@ -42,7 +42,7 @@ class Runtime:
     session_factory: sessionmaker[Session]
     model_repository: ModelRepository
     microscope_name: str
-    bit_depth: int | None
+    bit_depth: int | None  # of the instrument's stored frames (serving_bit_depth)
     worker: ScanWorker
 
     def __post_init__(self) -> None:
@@ -70,9 +70,7 @@ class Runtime:
         try:
             artifact = self.model_repository.get(name, version)
             with self._model_lock:
-                classifier, row = load_and_activate(
-                    self.settings, self.session_factory, artifact, self.bit_depth
-                )
+                classifier, row = load_and_activate(self.settings, self.session_factory, artifact)
                 self.worker.use_model(classifier, row.id)
         except ModelNotFoundError as exc:
             raise NotFoundError(str(exc)) from exc
@@ -91,7 +89,6 @@ def load_and_activate(
     settings: Settings,
     session_factory: sessionmaker[Session],
     artifact: ModelArtifact,
-    bit_depth: int | None,
 ) -> tuple[WellClassifier, ModelVersion]:
     """Register ``artifact``, refuse it unless its parity check passed, load it, activate it."""
     model = OnnxClassifier(
@@ -103,7 +100,7 @@ def load_and_activate(
         row = model_registry.register(session, artifact)
         model_registry.activate(session, row)  # refuses a model whose parity check failed
     logger.info("model %s v%d active on %s", artifact.name, artifact.version, model.provider)
-    return WellClassifier(model, bit_depth=bit_depth), row
+    return WellClassifier(model), row
 
 
 @contextmanager
@@ -124,42 +121,28 @@ def _keep_logging_config() -> Iterator[None]:
         root.setLevel(level)
 
 
+def backend_options(settings: Settings) -> BackendOptions:
+    return BackendOptions(
+        simulation_seed=settings.simulation_seed,
+        mm_app_path=settings.mm_app_path,
+        mm_config=settings.mm_config,
+        mm_port=settings.mm_port,
+        camera_bit_depth=settings.camera_bit_depth,
+    )
+
+
 def serving_bit_depth(settings: Settings) -> int | None:
-    """Significant bits of the configured camera's frames, as serving prepares them (training
-    on stored frames must use the same, or it sees darker images than serving did)."""
-    if settings.microscope in ("simulated", "pycromanager-sim"):
-        return SimulationConfig(seed=settings.simulation_seed).bit_depth
-    return settings.camera_bit_depth
+    """Significant bits of the configured instrument's frames, for its *stored* frames (training
+    on them and overlays must scale them as serving did; live frames carry their own)."""
+    return get_backend(settings.microscope).bit_depth(backend_options(settings))
 
 
-def build_scanner(settings: Settings) -> tuple[str, PlateScanner, int | None]:
-    """The configured microscope as a plate scanner: (instrument name, scanner, bit depth)."""
-    if settings.microscope in ("simulated", "pycromanager-sim"):
-        config = SimulationConfig(seed=settings.simulation_seed)
-        name = settings.microscope_id or "simulated"
-        if settings.microscope == "simulated":
-            return name, StepScanner(SimulatedMicroscope(config)), serving_bit_depth(settings)
-        with _keep_logging_config():
-            from hardware.pycromanager import PycromanagerScanner
-            from hardware.sim.mm_devices import build_simulated_core, set_plate
-
-        core = build_simulated_core(config)
-        scanner = PycromanagerScanner(
-            core=core, load_plate=lambda barcode: set_plate(core, barcode)
-        )
-        return name, scanner, serving_bit_depth(settings)
+def build_scanner(settings: Settings) -> tuple[str, PlateScanner]:
+    """The configured microscope backend as a plate scanner: (instrument name, scanner)."""
+    backend = get_backend(settings.microscope)
     with _keep_logging_config():
-        from hardware.pycromanager import PycromanagerScanner
-
-    name = settings.microscope_id or "micromanager"
-    if settings.mm_app_path is not None:
-        if settings.mm_config is None:
-            raise ValueError("MSCREEN_MM_APP_PATH needs MSCREEN_MM_CONFIG (the hardware .cfg)")
-        headless = PycromanagerScanner.start_headless(
-            str(settings.mm_app_path), str(settings.mm_config), port=settings.mm_port
-        )
-        return name, headless, serving_bit_depth(settings)
-    return name, PycromanagerScanner(port=settings.mm_port), serving_bit_depth(settings)
+        scanner = backend.build(backend_options(settings))
+    return settings.microscope_id or backend.instrument, scanner
 
 
 def _serving_artifact(
@@ -182,8 +165,8 @@ def build_runtime(settings: Settings) -> Runtime:
     session_factory = db.make_session_factory(engine)
     repository = ModelRepository(settings.model_repository)
     artifact = _serving_artifact(settings, repository, session_factory)
-    microscope_name, scanner, bit_depth = build_scanner(settings)
-    classifier, model_row = load_and_activate(settings, session_factory, artifact, bit_depth)
+    microscope_name, scanner = build_scanner(settings)
+    classifier, model_row = load_and_activate(settings, session_factory, artifact)
     context = WorkerContext(
         session_factory=session_factory,
         scanner=scanner,
@@ -199,7 +182,7 @@ def build_runtime(settings: Settings) -> Runtime:
         session_factory=session_factory,
         model_repository=repository,
         microscope_name=microscope_name,
-        bit_depth=bit_depth,
+        bit_depth=serving_bit_depth(settings),
         worker=ScanWorker(
             context, poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds
         ),

@@ -6,8 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from hardware.backends import get_backend
 from models.repository import BUNDLED_REPOSITORY
 from store.settings import StoreSettings
 
@@ -25,12 +26,13 @@ class Settings(StoreSettings):
     model_version: int | None = Field(default=None, description="Default: newest version.")
     onnx_provider: Literal["auto", "cpu", "cuda"] = "auto"
     inference_threads: int = Field(default=0, ge=0, description="0 = onnxruntime default.")
-    microscope: Literal["pycromanager-sim", "simulated", "pycromanager"] = Field(
+    microscope: str = Field(
         default="pycromanager-sim",
         description="pycromanager-sim: pycromanager's acquisition engine in-process on the "
         "simulated Micro-Manager devices (the real driver code path); simulated: the simulator "
         "driven directly (no Micro-Manager layer); pycromanager: a real Micro-Manager, started "
-        "headless (MSCREEN_MM_APP_PATH + MSCREEN_MM_CONFIG) or already running (MSCREEN_MM_PORT).",
+        "headless (MSCREEN_MM_APP_PATH + MSCREEN_MM_CONFIG) or already running (MSCREEN_MM_PORT). "
+        "The names are hardware.backends' registry.",
     )
     microscope_id: str = Field(
         default="",
@@ -65,6 +67,12 @@ class Settings(StoreSettings):
         default=False,
         description="Development only: every caller is an anonymous admin. Refused in production.",
     )
+
+    @field_validator("microscope")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        get_backend(name)  # ValueError naming the known backends
+        return name
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

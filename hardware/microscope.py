@@ -65,6 +65,12 @@ class Microscope(Protocol):
         """Size of one camera pixel in the sample plane for the current objective, in um."""
         ...
 
+    @property
+    def bit_depth(self) -> int | None:
+        """Significant bits of the camera's pixel values (e.g. 12 in uint16 frames); None: the
+        dtype's full range."""
+        ...
+
     def move_to(self, x_um: float, y_um: float) -> None:
         """Move the XY stage to absolute stage coordinates (um) and wait until it settles."""
         ...
@@ -113,6 +119,9 @@ class AcquiredField:
     pixel_size_um: float
     acquired_at: datetime
     acquisition_ms: float
+    # Significant bits of the pixel values (12 for a 12-bit camera's uint16 frames); None: the
+    # dtype's full range. Preprocessing scales by it, so it travels with the frame.
+    bit_depth: int | None = None
     metadata: dict[str, object] = field(default_factory=dict)
 
 
@@ -195,6 +204,7 @@ class StepScanner:
                 pixel_size_um=self.microscope.pixel_size_um,
                 acquired_at=datetime.now(UTC),
                 acquisition_ms=(time.perf_counter() - started) * 1000.0,
+                bit_depth=self.microscope.bit_depth,
                 metadata={"microscope": self.microscope.name, "barcode": plan.barcode},
             )
         raise AssertionError("unreachable")  # the loop either returns or re-raises

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -56,10 +57,17 @@ def test_dockerfile_is_cuda_based_non_root_with_healthcheck():
     assert instructions["USER"] not in ("root", "0")
     assert "/api/v1/health" in instructions["HEALTHCHECK"]
     assert ".[gpu,postgres,fast]" in (ROOT / "Dockerfile").read_text()
+    copied = set()
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"COPY source {source} missing"
+                copied.add(source)
+    # Every package the wheel is built from must be in the image (a new top-level package that
+    # is not copied installs nothing and fails only when the image first imports it).
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for pattern in packages["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
 
 
 def _free_port() -> int:

@@ -952,7 +952,8 @@ def test_serving_and_training_give_bit_identical_model_inputs(
 
     monkeypatch.setattr(model, "predict", spy)
     (acquired,) = StepScanner(SimulatedMicroscope(sim)).scan(ScanPlan(barcode, [well]))
-    call = WellClassifier(model, bit_depth=sim.bit_depth).classify(acquired.fields)
+    assert [f.bit_depth for f in acquired.fields] == [sim.bit_depth]  # travels with the field
+    call = WellClassifier(model).classify(acquired.fields)
 
     assert call.fields_used == 1
     assert seen["features"].shape == training.features.shape

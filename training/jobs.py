@@ -23,6 +23,7 @@ from training.imagesets import (
     ImageSet,
     database_image_set,
     image_folder_set,
+    simulated_barcodes,
     simulated_image_set,
 )
 from training.publish import publish
@@ -68,8 +69,7 @@ class SimulatedTrainingJob:
     progress: bool = True
 
     def barcodes(self, role: str, count: int) -> list[str]:
-        # Seeded names: a different seed gives different plates; roles never share a plate.
-        return [f"SIM-{role.upper()}-{self.simulation.seed}-{i:03d}" for i in range(count)]
+        return simulated_barcodes(role, self.simulation.seed, count)
 
     def _images(self, role: str, count: int) -> ImageSet:
         return simulated_image_set(

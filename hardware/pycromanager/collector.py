@@ -113,8 +113,11 @@ class _Collector:
     well's last frame has come through.
     """
 
-    def __init__(self, plan: ScanPlan, sites: list[Site]) -> None:
+    def __init__(
+        self, plan: ScanPlan, sites: list[Site], *, camera_bit_depth: int | None = None
+    ) -> None:
         self.plan = plan
+        self.camera_bit_depth = camera_bit_depth
         self.sites = sites
         self.by_label = {site.label: site for site in sites}
         self.pending: dict[str, _WellFrames] = {well: _WellFrames() for well in plan.wells}
@@ -209,6 +212,7 @@ class _Collector:
             pixel_size_um=pixel_size,
             acquired_at=frame.at,
             acquisition_ms=(frame.monotonic - started) * 1000.0,
+            bit_depth=self.camera_bit_depth,
             metadata={
                 "microscope": "pycromanager",
                 "barcode": self.plan.barcode,

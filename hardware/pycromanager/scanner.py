@@ -137,7 +137,7 @@ class PycromanagerScanner:
             self.load_plate(plan.barcode)
         self._set_device_timeout()
         sites = plan_sites(plan)
-        collector = _Collector(plan, sites)
+        collector = _Collector(plan, sites, camera_bit_depth=self.settings.camera_bit_depth)
         failures = _FailureCounter(self.settings.max_consecutive_failures)
         started = time.monotonic()
         todo = sites

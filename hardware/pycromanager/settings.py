@@ -24,6 +24,10 @@ class PycromanagerSettings:
             that fails every well is broken, not unlucky).
         objective_group: the config group whose presets are the objective names ("40x",
             "100x"); pycromanager's ``channel_group``.
+        camera_bit_depth: significant bits of the camera's pixel values, stamped on every field
+            it delivers; None: the dtype's full range. (The camera's own ``BitDepth`` tag is kept
+            in each field's metadata but not trusted on its own: stored frames do not record a
+            bit depth yet, and training on them must see what serving saw.)
     """
 
     snap_timeout_s: float = 10.0
@@ -33,6 +37,7 @@ class PycromanagerSettings:
     connect_timeout_s: float = 5.0
     max_consecutive_failures: int = 3
     objective_group: str = "Objective"
+    camera_bit_depth: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -44,6 +49,9 @@ class PycromanagerSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.camera_bit_depth is not None and not 8 <= self.camera_bit_depth <= 16:
+            depth = self.camera_bit_depth
+            raise ValueError(f"camera_bit_depth must be within [8, 16], got {depth}")
         if self.max_consecutive_failures < 1:
             raise ValueError("max_consecutive_failures must be >= 1")
         if self.stall_timeout_s <= self.snap_timeout_s + self.device_timeout_s:

@@ -77,6 +77,11 @@ class SimulatedMicroscope:
         return pixel_size_um(self.config, self._objective)
 
     @property
+    def bit_depth(self) -> int:
+        """The simulated camera's ADC depth (its frames are uint16 with values < 2**bit_depth)."""
+        return self.config.bit_depth
+
+    @property
     def position_um(self) -> tuple[float, float]:
         """Current stage (x, y), in um."""
         return self._position

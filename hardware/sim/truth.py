@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
+from hardware.cytometry import FCT_THRESHOLD_PCT
 from hardware.sim.config import SimulationConfig, _rng
 
 FCT_COLUMNS: tuple[str, ...] = ("Well", "Sample ID", "Events", "CD73-FITC+ %", "CD90-PE+ %")
-FCT_THRESHOLD_PCT = 95.0  # a well is "high" iff both markers are strictly above this
 
 
 @dataclass(frozen=True)

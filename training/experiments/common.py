@@ -10,7 +10,7 @@ import numpy as np
 from hardware.sim import SimulationConfig
 from models.networks import create_model
 from models.pipeline import PipelineConfig
-from training.imagesets import ImageSet, simulated_image_set
+from training.imagesets import ImageSet, simulated_barcodes, simulated_image_set
 from training.trainer import TrainConfig, jitter_bands, predict, train
 
 
@@ -69,7 +69,7 @@ class SimulatedSettings:
     wells: tuple[str, ...] | None = None  # only these wells of each plate (tests); None = all
 
     def barcodes(self, role: str, count: int) -> list[str]:
-        return [f"SIM-{role.upper()}-{self.simulation.seed}-{i:03d}" for i in range(count)]
+        return simulated_barcodes(role, self.simulation.seed, count)
 
     def images(
         self, role: str, count: int, pipeline: PipelineConfig | None, progress: bool

@@ -102,7 +102,7 @@ from training.imagesets.folder import (  # noqa: E402
     image_folder_set,
     read_frame,
 )
-from training.imagesets.simulated import simulated_image_set  # noqa: E402
+from training.imagesets.simulated import simulated_barcodes, simulated_image_set  # noqa: E402
 
 __all__ = [
     "CELLTYPE_GROUP_PATTERN",
@@ -114,5 +114,6 @@ __all__ = [
     "image_folder_set",
     "prepare_in_parallel",
     "read_frame",
+    "simulated_barcodes",
     "simulated_image_set",
 ]

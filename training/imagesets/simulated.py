@@ -14,6 +14,12 @@ from models.pipeline import PipelineConfig, prepare
 from training.imagesets import ImageSet, collect_images, prepare_in_parallel
 
 
+def simulated_barcodes(role: str, seed: int, count: int) -> list[str]:
+    """Barcodes of ``count`` simulated plates for ``role`` (train, val, test): seeded names, so a
+    different seed gives different plates and roles never share a plate."""
+    return [f"SIM-{role.upper()}-{seed}-{i:03d}" for i in range(count)]
+
+
 @dataclass(frozen=True)
 class _FieldJob:
     sim: SimulationConfig

@@ -71,7 +71,7 @@ def well_image(
     frame = wells.field_frame(
         session, runtime.image_store, barcode, well, scan_id=scan_id, field=field
     )
-    return Response(image_png(frame, runtime.classifier), media_type="image/png")
+    return Response(image_png(frame, runtime.bit_depth), media_type="image/png")
 
 
 @router.get("/{barcode}/wells/{well}/overlay", response_class=Response, responses=PNG)
@@ -88,7 +88,9 @@ def well_overlay(
     frame = wells.field_frame(
         session, runtime.image_store, barcode, well, scan_id=scan_id, field=field
     )
-    return Response(overlay_png(frame, runtime.classifier), media_type="image/png")
+    return Response(
+        overlay_png(frame, runtime.classifier, runtime.bit_depth), media_type="image/png"
+    )
 
 
 UPLOAD_BODY = {

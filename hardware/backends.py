@@ -1,0 +1,140 @@
+"""Microscope backends by name: what ``MSCREEN_MICROSCOPE`` may say, and how each is built.
+
+A new backend is one module (its :class:`hardware.microscope.PlateScanner`, or a
+:class:`hardware.microscope.Microscope` for :class:`StepScanner`) plus one :func:`register` call
+below. Factories import their driver on use: pymmcore-plus and pycromanager are heavy, and a
+backend that is not chosen should cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hardware.microscope import PlateScanner, StepScanner
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendOptions:
+    """What any backend may need, from the service's settings.
+
+    Attributes:
+        simulation_seed: seed of the simulated plates (simulator backends).
+        mm_app_path: Micro-Manager install folder, to start it headless (with ``mm_config``).
+        mm_config: Micro-Manager hardware configuration (.cfg).
+        mm_port: port of a running Micro-Manager's ZMQ server.
+        camera_bit_depth: significant bits of a real camera's pixel values (None: the dtype's
+            full range).
+    """
+
+    simulation_seed: int = 0
+    mm_app_path: Path | None = None
+    mm_config: Path | None = None
+    mm_port: int = 4827
+    camera_bit_depth: int | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named way to build the plate scanner.
+
+    Attributes:
+        name: the value of ``MSCREEN_MICROSCOPE``.
+        instrument: the default instrument name (one scan runs per instrument at a time).
+        build: makes the scanner (may connect to hardware; raises ValueError on bad options).
+        bit_depth: the significant bits of the frames it delivers, for code that meets its
+            stored frames without the acquisition (training on stored plates, overlays).
+    """
+
+    name: str
+    instrument: str
+    build: Callable[[BackendOptions], PlateScanner]
+    bit_depth: Callable[[BackendOptions], int | None]
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    if backend.name in _BACKENDS:
+        raise ValueError(f"a microscope backend named {backend.name!r} is already registered")
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown microscope backend {name!r}; known: {', '.join(_BACKENDS)}"
+        ) from None
+
+
+# -- the built-in backends ----------------------------------------------------------------------
+def _simulated_bit_depth(options: BackendOptions) -> int:
+    from hardware.sim import SimulationConfig
+
+    return SimulationConfig(seed=options.simulation_seed).bit_depth
+
+
+def _simulated(options: BackendOptions) -> PlateScanner:
+    from hardware.sim import SimulatedMicroscope, SimulationConfig
+
+    return StepScanner(SimulatedMicroscope(SimulationConfig(seed=options.simulation_seed)))
+
+
+def _pycromanager_sim(options: BackendOptions) -> PlateScanner:
+    from hardware.pycromanager import PycromanagerScanner, PycromanagerSettings
+    from hardware.sim import SimulationConfig
+    from hardware.sim.mm_devices import build_simulated_core, set_plate
+
+    config = SimulationConfig(seed=options.simulation_seed)
+    core = build_simulated_core(config)
+    return PycromanagerScanner(
+        core=core,
+        load_plate=lambda barcode: set_plate(core, barcode),
+        settings=PycromanagerSettings(camera_bit_depth=config.bit_depth),
+    )
+
+
+def _pycromanager(options: BackendOptions) -> PlateScanner:
+    from hardware.pycromanager import PycromanagerScanner, PycromanagerSettings
+
+    settings = PycromanagerSettings(camera_bit_depth=options.camera_bit_depth)
+    if options.mm_app_path is not None:
+        if options.mm_config is None:
+            raise ValueError("MSCREEN_MM_APP_PATH needs MSCREEN_MM_CONFIG (the hardware .cfg)")
+        return PycromanagerScanner.start_headless(
+            str(options.mm_app_path), str(options.mm_config), port=options.mm_port,
+            settings=settings,
+        )  # fmt: skip
+    return PycromanagerScanner(port=options.mm_port, settings=settings)
+
+
+register(
+    Backend(
+        name="pycromanager-sim",
+        instrument="simulated",
+        build=_pycromanager_sim,
+        bit_depth=_simulated_bit_depth,
+    )
+)
+register(
+    Backend(
+        name="simulated", instrument="simulated", build=_simulated, bit_depth=_simulated_bit_depth
+    )
+)
+register(
+    Backend(
+        name="pycromanager",
+        instrument="micromanager",
+        build=_pycromanager,
+        bit_depth=lambda options: options.camera_bit_depth,
+    )
+)
