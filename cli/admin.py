@@ -6,14 +6,9 @@ from typing import Annotated
 
 import typer
 
-import migrations
-from app.auth import issue_key
-from app.auth import revoke as revoke_api_key
 from app.errors import ServiceError
 from app.settings import get_settings
 from cli.common import UserError, database
-from store.db import session_scope
-from store.orm import Role
 
 keys_cli = typer.Typer(help="API keys (viewer, operator, admin).", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -25,6 +20,10 @@ def keys_create(
     role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
 ) -> None:
     """Create an API key and print its secret (shown once; only a hash is stored)."""
+    from app.auth import issue_key
+    from store.db import session_scope
+    from store.orm import Role
+
     try:
         chosen = Role(role)
     except ValueError:
@@ -40,6 +39,9 @@ def keys_create(
 @keys_cli.command("revoke")
 def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke an API key."""
+    from app.auth import revoke as revoke_api_key
+    from store.db import session_scope
+
     with database() as factory, session_scope(factory) as session:
         try:
             revoke_api_key(session, name, actor="cli")  # a service forgets it within its TTL
@@ -51,6 +53,8 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) ->
 @db_cli.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default head)."""
+    import migrations
+
     url = get_settings().resolved_database_url
     migrations.upgrade(url, revision)
     typer.echo(f"database at {revision}: {url}")

@@ -1,19 +1,21 @@
 """What every command group shares: the one-line user error, the --api-key option, HTTP calls
-to a running service, and the database of the configured settings."""
+to a running service, and the database of the configured settings.
+
+The command modules import the service, the database and the drivers inside their commands:
+`mscreen --help` and each command then load only what they use (the whole service at import
+time doubles the start-up, ~1 s -> ~2.4 s)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
-from sqlalchemy.orm import Session, sessionmaker
 
-import migrations
-from app.settings import get_settings
-from store import db
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 class UserError(Exception):
@@ -50,6 +52,10 @@ def database(*, migrate: bool = False) -> Iterator[sessionmaker[Session]]:
     """Sessions on the configured database. ``migrate``: bring it to the code's schema first
     (commands that write); otherwise it must already be there (read-only commands neither
     create nor migrate a database)."""
+    import migrations
+    from app.settings import get_settings
+    from store import db
+
     url = get_settings().resolved_database_url
     if migrate:
         migrations.upgrade(url)

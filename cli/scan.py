@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from tqdm import tqdm
 
-from app import wells
-from app.errors import NotFoundError
-from app.runtime import build_runtime
-from app.scans import create_scan
-from app.schemas.plates import PlateWellsPublic, WellResultPublic
-from app.schemas.scans import ScanCreate, ScanPublic
 from app.settings import Settings, get_settings
 from cli.common import ApiKeyOption, UserError, client, database, raise_for_api
-from cli.platemap import render_plate_map
-from store.db import session_scope
-from store.orm import Scan
-from store.queries import scan_results
+
+if TYPE_CHECKING:
+    from app.schemas.plates import WellResultPublic
 
 
 def serve(
@@ -69,6 +62,8 @@ def scan(
         "fields_per_well": fields,
         "wells": well_list,
     }
+    from cli.platemap import render_plate_map
+
     results = _scan_remote(server, body, api_key) if server else _scan_local(get_settings(), body)
     typer.echo(render_plate_map(results, color=sys.stdout.isatty()))
     if compare_truth:
@@ -76,6 +71,14 @@ def scan(
 
 
 def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultPublic]:
+    from app.runtime import build_runtime
+    from app.scans import create_scan
+    from app.schemas.plates import WellResultPublic
+    from app.schemas.scans import ScanCreate, ScanPublic
+    from store.db import session_scope
+    from store.orm import Scan
+    from store.queries import scan_results
+
     request = ScanCreate.model_validate(body)
     runtime = build_runtime(settings)
     try:
@@ -108,6 +111,9 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultP
 def _scan_remote(
     server: str, body: dict[str, object], api_key: str | None
 ) -> list[WellResultPublic]:
+    from app.schemas.plates import PlateWellsPublic
+    from app.schemas.scans import ScanPublic
+
     with client(server, api_key) as http:
         response = http.post("/api/v1/scans", json=body)
         raise_for_api(response)
@@ -153,6 +159,12 @@ def results(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Print the latest per-well calls of a plate."""
+    from app import wells
+    from app.errors import NotFoundError
+    from app.schemas.plates import PlateWellsPublic
+    from cli.platemap import render_plate_map
+    from store.db import session_scope
+
     if server:
         with client(server, api_key) as http:
             response = http.get(f"/api/v1/plates/{plate}/wells")

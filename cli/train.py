@@ -7,20 +7,21 @@ the run's start, outcome and published version on its row.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from app.runtime import serving_bit_depth
 from app.settings import get_settings
-from app.training_runs import mark_finished, mark_running, spec_of
 from cli.common import UserError, database
-from models.repository import ModelRepository
 from models.training_spec import TrainingSpec
-from store.db import session_scope
-from store.orm import TrainingRun
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from models.repository import ModelArtifact
 
 DEFAULT = TrainingSpec()
 
@@ -116,22 +117,30 @@ def train(
     _run(spec, repository)
 
 
-def _run(spec: TrainingSpec, repository: Path | None) -> None:
+def _run(
+    spec: TrainingSpec,
+    repository: Path | None,
+    session_factory: sessionmaker[Session] | None = None,
+) -> ModelArtifact:
+    """Train ``spec``, publish it, print its held-out figures; returns what was published.
+
+    ``session_factory``: the database to read labelled plates from (source "database");
+    default: the configured one.
+    """
+    from app.runtime import serving_bit_depth
+
     jobs = _training_jobs()
     settings = get_settings()
     try:
         jobs.check_spec(spec)
-        if spec.source == "database":
-            with database() as factory:
-                artifact, card = jobs.run_training(
-                    spec,
-                    repository=repository or settings.model_repository,
-                    session_factory=factory,
-                    bit_depth=serving_bit_depth(settings),
-                )
-        else:
+        with ExitStack() as stack:
+            if spec.source == "database" and session_factory is None:
+                session_factory = stack.enter_context(database())
             artifact, card = jobs.run_training(
-                spec, repository=repository or settings.model_repository
+                spec,
+                repository=repository or settings.model_repository,
+                session_factory=session_factory,
+                bit_depth=serving_bit_depth(settings),
             )
     except ValueError as exc:  # data the user can fix: too few plates, bad folder, no labels
         raise UserError(str(exc)) from exc
@@ -148,6 +157,7 @@ def _run(spec: TrainingSpec, repository: Path | None) -> None:
         f"(95% CI {figure(low)}-{figure(high)}), AUC {figure(metrics.get('auc'))}, "
         f"n={metrics['n']}"
     )
+    return artifact
 
 
 def _training_jobs() -> ModuleType:
@@ -164,22 +174,22 @@ def _training_jobs() -> ModuleType:
 
 def _train_for_run(run_id: int, repository: Path | None) -> None:
     """Train the run's stored spec; record its start, outcome and published version."""
-    settings = get_settings()
+    from app.training_runs import mark_finished, mark_running, spec_of
+    from store.db import session_scope
+
     with database() as factory:
         with session_scope(factory) as session:
             mark_running(session, run_id)
         try:
             with session_scope(factory) as session:
                 spec = spec_of(session, run_id)
-            _run(spec, repository)
+            artifact = _run(spec, repository, factory)
         except BaseException as exc:
             with session_scope(factory) as session:
                 mark_finished(session, run_id, error=f"{type(exc).__name__}: {exc}")
             raise
         with session_scope(factory) as session:
-            name = session.get_one(TrainingRun, run_id).model_name or settings.model_name
-            versions = ModelRepository(repository or settings.model_repository).versions(name)
-            mark_finished(session, run_id, version=versions[-1] if versions else None)
+            mark_finished(session, run_id, version=artifact.version)
 
 
 def experiment(ctx: typer.Context) -> None:
