@@ -94,9 +94,28 @@ def list_api_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
-def audit(session: Session, actor: str, action: str, target: str, **details: Any) -> None:
-    """Record a write in the same transaction as the write itself."""
-    session.add(AuditEvent(actor=actor, action=action, target=target, details=details))
+def audit(
+    session: Session,
+    actor: str,
+    action: str,
+    target: str,
+    *,
+    reason: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    **details: Any,
+) -> None:
+    """Record a write in the same transaction as the write itself.
+
+    ``before`` and ``after`` are the changed values (JSON-able) where the write replaced or
+    removed something, so the trail says what a change did, not only that it happened;
+    ``reason`` is the actor's own words for it.
+    """
+    if before is not None or after is not None:
+        details = {**details, "before": before, "after": after}
+    session.add(
+        AuditEvent(actor=actor, action=action, target=target, reason=reason, details=details)
+    )
 
 
 def issue_key(session: Session, name: str, role: Role, *, actor: str) -> str:

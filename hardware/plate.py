@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-_WELL_NAME = re.compile(r"^\s*([A-Za-z])\s*0*(\d{1,2})\s*$")
+# ASCII only: without it \d also matches other scripts' digits ("A١", "A１" would name A1).
+_WELL_NAME = re.compile(r"^\s*([A-Za-z])\s*0*(\d{1,2})\s*$", re.ASCII)
 
 
 class WellNameError(ValueError):

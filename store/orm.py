@@ -20,7 +20,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Deterministic constraint names so migrations are the same on SQLite and PostgreSQL.
 NAMING = {
@@ -36,10 +38,34 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC, on PostgreSQL and on SQLite alike.
+
+    PostgreSQL's ``timestamptz`` keeps the zone, but SQLite has no timestamp type and hands back
+    naive datetimes, which a client would read as its own local time. Values are stored as UTC
+    and read back with ``tzinfo=UTC``; a naive value is refused rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must carry a timezone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: DateTime(timezone=True),
+        datetime: UTCDateTime(),
         dict[str, Any]: JSON,
     }
 
@@ -248,7 +274,8 @@ class ApiKey(Base):
 
 
 class AuditEvent(Base):
-    """Who changed what, when: one row per write."""
+    """Who changed what, when, and why: one row per write, never updated or deleted (on
+    PostgreSQL a trigger refuses UPDATE and DELETE, migration 0003)."""
 
     __tablename__ = "audit_events"
 
@@ -257,6 +284,10 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(128))
+    # Why, in the actor's words (optional; 21 CFR Part 11 asks for it on changes of record).
+    reason: Mapped[str | None] = mapped_column(Text)
+    # What the change did: {"before": ..., "after": ...} where there was a value before, plus
+    # the request's own parameters.
     details: Mapped[dict[str, Any]]
 
 
@@ -265,6 +296,15 @@ class TrainingRunStatus(enum.StrEnum):
     running = "running"
     completed = "completed"
     failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (
+            TrainingRunStatus.completed,
+            TrainingRunStatus.failed,
+            TrainingRunStatus.cancelled,
+        )
 
 
 class TrainingRun(Base):
@@ -279,6 +319,8 @@ class TrainingRun(Base):
     )
     params: Mapped[dict[str, Any]]
     pid: Mapped[int | None]
+    # The machine the process runs on: only a service on the same host can see (and reap) it.
+    host: Mapped[str | None] = mapped_column(String(255))
     log_path: Mapped[str | None] = mapped_column(Text)
     model_name: Mapped[str | None] = mapped_column(String(64))
     model_version: Mapped[int | None]

@@ -1,0 +1,65 @@
+"""Bounded, validated spellings of the identifiers and strings the API takes.
+
+Every id, name and free-text parameter is stated once here, with its limits in the schema, so a
+client learns them from OpenAPI and a bad value is a 422 naming the parameter, never a database
+error (ids beyond a 32-bit integer, NUL bytes that PostgreSQL refuses, paths outside a root).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Path, Query
+from pydantic import BaseModel, Field
+
+from models.training_spec import MODEL_NAME_PATTERN
+
+# Ids are 32-bit integer columns on PostgreSQL (SERIAL); a larger id cannot exist.
+MAX_ID = 2**31 - 1
+
+BARCODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+# A well of a 96-well plate as people write it: row letter, column 1..12, optional leading zero.
+WELL_PATTERN = r"^[A-Ha-h](0?[1-9]|1[0-2])$"
+# Free text (an operator's name, a reason): printable, no control characters (NUL included).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+QcFlag = Literal["overexposed", "underexposed", "out_of_focus", "acquisition_failed"]
+
+ScanIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Scan id.")]
+RunIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Training run id.")]
+ScanIdQuery = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="A given scan; default: the latest.")
+]
+BarcodePath = Annotated[str, Path(pattern=BARCODE_PATTERN, description="Plate barcode.")]
+WellPath = Annotated[str, Path(pattern=WELL_PATTERN, description="Well, e.g. B7 (or b07).")]
+ModelNamePath = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, description="Model name.")]
+ModelVersionPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Model version.")]
+KeyNamePath = Annotated[str, Path(pattern=KEY_NAME_PATTERN, description="API key name.")]
+ReasonQuery = Annotated[
+    str | None,
+    Query(
+        max_length=500,
+        pattern=TEXT_PATTERN,
+        description="Why (kept in the audit trail with the change).",
+    ),
+]
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``detail`` is a message, or for a request that failed validation
+    the list of problems (FastAPI's shape), or for a ground-truth upload the message with the
+    rows at fault."""
+
+    detail: str | list[dict[str, Any]] | UploadProblem
+
+
+class UploadProblem(BaseModel):
+    message: str
+    errors: list[dict[str, Any]] = Field(
+        description="The first problems found, each {row, field, message}"
+    )
+    error_count: int = Field(description="All problems found (errors lists at most the first)")
+
+
+ErrorBody.model_rebuild()
