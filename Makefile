@@ -26,9 +26,16 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 install-service: $(VENV)/.service-installed
 install-dev: $(VENV)/.dev-installed
 
+# The demo keeps its database and images in their own folder (not ./mscreen-data, the default
+# of every other command), so it ends by printing the commands that read that folder.
 demo: $(VENV)/.service-installed
-	MSCREEN_DATA_DIR=$${MSCREEN_DATA_DIR:-mscreen-data/demo} \
-	$(BIN)/mscreen scan --plate $(DEMO_PLATE) --compare-truth
+	@demo_dir=$${MSCREEN_DATA_DIR:-mscreen-data/demo}; \
+	MSCREEN_DATA_DIR=$$demo_dir $(BIN)/mscreen scan --plate $(DEMO_PLATE) --compare-truth && \
+	echo "" && \
+	echo "The demo's database and images are in $$demo_dir. Next:" && \
+	echo "  MSCREEN_DATA_DIR=$$demo_dir $(BIN)/mscreen results --plate $(DEMO_PLATE)" && \
+	echo "  $(BIN)/mscreen sim fct-export --plate $(DEMO_PLATE) --output fct.csv" && \
+	echo "  MSCREEN_DATA_DIR=$$demo_dir $(BIN)/mscreen serve   # then http://127.0.0.1:8000/"
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q

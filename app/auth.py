@@ -137,3 +137,24 @@ def revoke(session: Session, name: str, *, actor: str, cache: KeyCache | None = 
     session.commit()
     if cache is not None:
         cache.clear()
+
+
+def audit_events(
+    session: Session,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> list[AuditEvent]:
+    """The audit trail, oldest first, from the event after ``after_id`` (a cursor: the trail
+    only grows, so paging by id never skips or repeats an event)."""
+    query = select(AuditEvent).where(AuditEvent.id > after_id)
+    if actor is not None:
+        query = query.where(AuditEvent.actor == actor)
+    if action is not None:
+        query = query.where(AuditEvent.action == action)
+    if target is not None:
+        query = query.where(AuditEvent.target == target)
+    return list(session.scalars(query.order_by(AuditEvent.id).limit(limit)))

@@ -11,8 +11,12 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api.errors import install_error_handlers
-from app.api.routes import evaluation, health, keys, models, plates, scans
+from app.api.docs import install_docs
+from app.api.errors import API_ERRORS, COMMON_ERRORS, install_error_handlers
+from app.api.guard import RequestGuard
+from app.api.headers import SecurityHeaders
+from app.api.routes import audit, evaluation, health, keys, models, plates, scans
+from app.api.routes import ground_truth as ground_truth_routes
 from app.runtime import build_runtime
 from app.settings import Settings, get_settings
 
@@ -33,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         if settings.worker_enabled:
             runtime.worker.start()
+        if settings.training_enabled:
+            runtime.training.start()
         try:
             yield
         finally:
@@ -43,18 +49,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="96-well MSC functionality screening from label-free phase-contrast images",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by install_docs, not from a CDN
+        redoc_url=None,
     )
     for router in (
         scans.router,
         plates.router,
+        ground_truth_routes.router,
         evaluation.router,
         models.router,
         keys.router,
-        health.router,
+        audit.router,
     ):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=COMMON_ERRORS | API_ERRORS)
+    app.include_router(health.router, prefix=API_PREFIX)
     install_error_handlers(app)
+    # The guard runs first (outermost but one): key and body size before anything is parsed;
+    # the headers go on every response, the guard's refusals included.
+    app.add_middleware(RequestGuard)
+    app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     def plate_map_page() -> FileResponse:

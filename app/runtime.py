@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,19 +21,35 @@ import migrations
 from app import model_registry
 from app.auth import KeyCache
 from app.classifier import WellClassifier
-from app.errors import ConflictError, NotFoundError, UnavailableError
+from app.errors import ConflictError, InvalidRequestError, NotFoundError, UnavailableError
 from app.settings import Settings
+from app.training_runs import TrainingRunQueue
 from app.worker import ScanWorker, WorkerContext
 from hardware.backends import BackendOptions, get_backend
 from hardware.microscope import PlateScanner
 from hardware.plate import PlateGeometry
 from models.inference import OnnxClassifier, RuntimeUnavailableError
-from models.repository import ModelArtifact, ModelNotFoundError, ModelRepository
+from models.repository import (
+    BrokenModelError,
+    InvalidModelNameError,
+    ModelArtifact,
+    ModelNotFoundError,
+    ModelRepository,
+    load_failure,
+)
 from store import db
 from store.images import ImageStore
 from store.orm import ModelVersion
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A model activation: the version now serving, and the one it replaced (for the audit)."""
+
+    row: ModelVersion
+    previous: dict[str, Any] | None  # {"name", "version"} of the version active before
 
 
 @dataclass
@@ -44,43 +61,73 @@ class Runtime:
     microscope_name: str
     bit_depth: int | None  # of the instrument's stored frames (serving_bit_depth)
     worker: ScanWorker
+    training: TrainingRunQueue  # retraining runs: queue, dispatcher, reaper
 
     def __post_init__(self) -> None:
         self._model_lock = threading.Lock()
         self.key_cache = KeyCache()
+        # (name, version) of the model the worker serves; None while degraded (set by
+        # build_runtime and activate_model).
+        self.serving: tuple[str, int] | None = None
+
+    @property
+    def model_problem(self) -> str | None:
+        """Why no model serves (the service runs degraded), else None."""
+        if self.worker.context.classifier is not None:
+            return None
+        return self.worker.context.model_problem or "no model is loaded"
+
+    def require_model(self) -> WellClassifier:
+        """The serving classifier; UnavailableError (503) with the reason while degraded."""
+        classifier = self.worker.context.classifier
+        if classifier is None:
+            raise UnavailableError(
+                f"no model can serve ({self.model_problem}); an admin must activate a good "
+                "version (POST /api/v1/models/{name}/{version}/activate)"
+            )
+        return classifier
 
     @property
     def classifier(self) -> WellClassifier:
-        return self.worker.context.classifier
+        return self.require_model()
 
     @property
     def model(self) -> OnnxClassifier:
-        return self.classifier.model
+        return self.require_model().model
 
     @property
     def image_store(self) -> ImageStore:
         return self.worker.context.image_store
 
-    def activate_model(self, name: str, version: int) -> ModelVersion:
+    def activate_model(self, name: str, version: int) -> Activation:
         """Serve ``name`` v``version`` from the next scan on (the scan in flight keeps its model).
+        On a degraded service this is how it recovers: scans are accepted again at once.
 
-        Raises NotFoundError (no such version), UnavailableError (onnxruntime cannot load it
-        here) or ConflictError (its parity check failed; its weights changed under a version).
+        Raises InvalidRequestError (malformed name), NotFoundError (no such version),
+        UnavailableError (onnxruntime or its provider is missing here) or ConflictError (its
+        files are broken: card not JSON, network not loadable; its parity check failed; its
+        weights changed under a registered version). The running model stays on any error.
         """
         try:
             artifact = self.model_repository.get(name, version)
             with self._model_lock:
+                previous = _active_version(self.session_factory)
                 classifier, row = load_and_activate(self.settings, self.session_factory, artifact)
                 self.worker.use_model(classifier, row.id)
+                self.serving = (row.name, row.version)
+        except InvalidModelNameError as exc:
+            raise InvalidRequestError(str(exc)) from exc
         except ModelNotFoundError as exc:
             raise NotFoundError(str(exc)) from exc
         except RuntimeUnavailableError as exc:
             raise UnavailableError(str(exc)) from exc
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError) as exc:  # BrokenModelError, parity, changed weights
             raise ConflictError(str(exc)) from exc
-        return row
+        logger.info("model %s v%d activated (was %s)", name, version, previous)
+        return Activation(row, previous)
 
     def close(self) -> None:
+        self.training.stop()
         self.worker.stop()
         self.engine.dispose()
 
@@ -90,12 +137,20 @@ def load_and_activate(
     session_factory: sessionmaker[Session],
     artifact: ModelArtifact,
 ) -> tuple[WellClassifier, ModelVersion]:
-    """Register ``artifact``, refuse it unless its parity check passed, load it, activate it."""
-    model = OnnxClassifier(
-        artifact.model_path,
-        providers=settings.onnx_provider,
-        intra_op_threads=settings.inference_threads,
-    )
+    """Load ``artifact``, register it, refuse it unless its parity check passed, activate it.
+
+    Raises BrokenModelError (no path in its message) when onnxruntime cannot load the network.
+    """
+    try:
+        model = OnnxClassifier(
+            artifact.model_path,
+            providers=settings.onnx_provider,
+            intra_op_threads=settings.inference_threads,
+        )
+    except RuntimeUnavailableError:
+        raise  # this machine's onnxruntime, not the artifact
+    except Exception as exc:  # onnxruntime raises its own, non-standard exception classes
+        raise BrokenModelError(load_failure(artifact, exc)) from exc
     with db.session_scope(session_factory) as session:
         row = model_registry.register(session, artifact)
         model_registry.activate(session, row)  # refuses a model whose parity check failed
@@ -157,6 +212,34 @@ def _serving_artifact(
     return repository.get(settings.model_name, settings.model_version)
 
 
+def _active_version(session_factory: sessionmaker[Session]) -> dict[str, Any] | None:
+    with db.session_scope(session_factory) as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.active.is_(True)))
+        return None if row is None else {"name": row.name, "version": row.version}
+
+
+def _start_model(
+    settings: Settings, repository: ModelRepository, session_factory: sessionmaker[Session]
+) -> tuple[WellClassifier | None, ModelVersion | None, str | None]:
+    """The serving model and its row, or (None, None, why) when it cannot be loaded.
+
+    A bad artifact (the active or configured version missing, its card or network unreadable,
+    its parity check failed, its weights changed) must not keep the service down: it starts
+    degraded (health 503, scans refused, results readable) until an admin activates a good
+    version. A missing onnxruntime or execution provider is a broken installation, not an
+    artifact, and still fails the start.
+    """
+    try:
+        artifact = _serving_artifact(settings, repository, session_factory)
+        classifier, row = load_and_activate(settings, session_factory, artifact)
+    except RuntimeUnavailableError:
+        raise
+    except (ModelNotFoundError, ValueError, RuntimeError) as exc:
+        logger.error("no model can serve; the service starts degraded: %s", exc)
+        return None, None, str(exc)
+    return classifier, row, None
+
+
 def build_runtime(settings: Settings) -> Runtime:
     url = settings.resolved_database_url
     if settings.auto_migrate:
@@ -164,19 +247,19 @@ def build_runtime(settings: Settings) -> Runtime:
     engine = db.make_engine(url)
     session_factory = db.make_session_factory(engine)
     repository = ModelRepository(settings.model_repository)
-    artifact = _serving_artifact(settings, repository, session_factory)
     microscope_name, scanner = build_scanner(settings)
-    classifier, model_row = load_and_activate(settings, session_factory, artifact)
+    classifier, model_row, model_problem = _start_model(settings, repository, session_factory)
     context = WorkerContext(
         session_factory=session_factory,
         scanner=scanner,
         classifier=classifier,
-        model_version_id=model_row.id,
+        model_version_id=model_row.id if model_row else None,
+        model_problem=model_problem,
         image_store=ImageStore(settings.resolved_image_dir),
         microscope_name=microscope_name,
         plate=PlateGeometry(a1_center_um=(settings.plate_a1_x_um, settings.plate_a1_y_um)),
     )
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
@@ -186,4 +269,7 @@ def build_runtime(settings: Settings) -> Runtime:
         worker=ScanWorker(
             context, poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds
         ),
+        training=TrainingRunQueue(settings, session_factory),
     )
+    runtime.serving = (model_row.name, model_row.version) if model_row else None
+    return runtime

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.auth import audit
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.schemas.plates import WellResultPublic
-from app.schemas.scans import ScanCreate, ScanPublic
+from app.schemas.scans import ScanCreate, ScanPage, ScanPublic
 from hardware.plate import SBS_96, PlateGeometry
+from store import queries
 from store.db import session_scope
 from store.orm import Scan, ScanStatus
-from store.queries import get_or_create_plate, results_after
 
 
 class IdempotencyConflictError(InvalidRequestError):
@@ -35,9 +35,15 @@ def find_idempotent(session: Session, key: str, request: ScanCreate) -> Scan | N
     scan = session.scalar(select(Scan).where(Scan.idempotency_key == key))
     if scan is None:
         return None
+    return same_request_or_error(scan, key, request)
+
+
+def same_request_or_error(scan: Scan, key: str, request: ScanCreate) -> Scan:
+    """``scan`` (created under ``key``) if ``request`` asks for what it was created for."""
     if scan.request_fingerprint != request_fingerprint(request):
         raise IdempotencyConflictError(
-            f"Idempotency-Key {key!r} was already used for a different request (scan {scan.id})"
+            f"Idempotency-Key {key!r} was already used for a different request (scan {scan.id});"
+            " send this request with a new key, or resend the original body"
         )
     return scan
 
@@ -60,7 +66,7 @@ def create_scan(
     duplicates = sorted({w for w in names if names.count(w) > 1})
     if duplicates:
         raise ValueError(f"wells listed twice: {', '.join(duplicates)}")
-    plate = get_or_create_plate(session, request.plate_barcode, geometry)
+    plate = queries.get_or_create_plate(session, request.plate_barcode, geometry)
     scan = Scan(
         plate=plate,
         objective=request.objective,
@@ -104,6 +110,11 @@ def cancel_scan(session: Session, scan: Scan) -> None:
     session.refresh(scan)
 
 
+# A request that loses an insert race looks again; each retry follows a committed winner, so
+# a few are enough (two racing new plates, then the key), and more means something else is wrong.
+START_ATTEMPTS = 3
+
+
 def start_scan(
     session: Session,
     request: ScanCreate,
@@ -114,12 +125,17 @@ def start_scan(
 ) -> Scan:
     """Queue ``request`` (committed), or return the scan an earlier same-key request queued.
 
-    Raises InvalidRequestError (a bad well list, a key reused for another body) or
-    ConflictError (a concurrent request created the same new plate: retry).
+    Raises InvalidRequestError (a bad well list, a key reused for another body: whether that
+    earlier request committed long ago or a moment ago in a concurrent race) or ConflictError
+    (concurrent requests kept changing this plate: retry).
     """
-    try:
-        scan = find_idempotent(session, idempotency_key, request) if idempotency_key else None
-        if scan is None:
+    for _attempt in range(START_ATTEMPTS):
+        if idempotency_key:
+            existing = session.scalar(select(Scan).where(Scan.idempotency_key == idempotency_key))
+            if existing is not None:
+                # Decided outside any except block: a reused key is this request's own 422.
+                return same_request_or_error(existing, idempotency_key, request)
+        try:
             scan = create_scan(
                 session,
                 request,
@@ -129,16 +145,34 @@ def start_scan(
             )
             audit(session, requested_by, "scan.create", f"scan:{scan.id}", **request.model_dump())
             session.commit()
-    except IntegrityError as exc:
-        # A concurrent retry with the same key won the insert: answer with its scan. Without a
-        # key, a concurrent first scan of the same new plate created it first: retry.
-        session.rollback()
-        scan = find_idempotent(session, idempotency_key, request) if idempotency_key else None
-        if scan is None:
-            raise ConflictError("a concurrent request changed this plate; retry") from exc
-    except ValueError as exc:  # WellNameError, or wells listed twice
-        raise InvalidRequestError(str(exc)) from exc
-    return scan
+            return scan
+        except IntegrityError:
+            # A concurrent request committed first: the same key (the next look finds its
+            # scan), or the same new plate (the next attempt uses the plate it created).
+            session.rollback()
+        except ValueError as exc:  # WellNameError, or wells listed twice
+            session.rollback()
+            raise InvalidRequestError(str(exc)) from exc
+    raise ConflictError(
+        f"concurrent requests kept changing plate {request.plate_barcode!r}; retry the request"
+    )
+
+
+def list_scans(
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    plate: str | None = None,
+    status: ScanStatus | None = None,
+) -> ScanPage:
+    """Scans newest first, optionally of one plate (barcode) or in one status."""
+    rows, total = queries.list_scans(
+        session, limit=limit, offset=offset, barcode=plate, status=status
+    )
+    return ScanPage(
+        items=[ScanPublic.of(scan) for scan in rows], total=total, limit=limit, offset=offset
+    )
 
 
 def scan_or_error(session: Session, scan_id: int) -> Scan:
@@ -165,5 +199,12 @@ def snapshot(
     """
     with session_scope(session_factory) as session:
         scan = session.get_one(Scan, scan_id)
-        results = results_after(session, scan_id, after_result_id)
-        return ScanPublic.of(scan), [(r.id, WellResultPublic.of(r)) for r in results]
+        results = queries.results_after(session, scan_id, after_result_id)
+        images = (
+            queries.images_by_well(session, scan_id, [r.well_id for r in results])
+            if results
+            else {}
+        )
+        return ScanPublic.of(scan), [
+            (r.id, WellResultPublic.of(r, images.get(r.well_id, ()))) for r in results
+        ]

@@ -63,6 +63,46 @@ class Settings(StoreSettings):
         description="A running scan's lease; a scan whose worker stops renewing it is resumed "
         "by the next worker after this long.",
     )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 above it, before it is read).",
+    )
+    max_upload_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Largest ground-truth upload (an FCT table for 96 wells is < 10 KB).",
+    )
+    training_enabled: bool = Field(
+        default=True,
+        description="Accept retraining runs and start them (the training-run queue's "
+        "dispatcher); off: POST /training-runs answers 503.",
+    )
+    training_max_running: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Training runs that may run at once on this host (each a process using "
+        "every core it is given); more wait queued.",
+    )
+    training_max_queued: int = Field(
+        default=8,
+        ge=0,
+        le=1000,
+        description="Training runs that may wait; beyond this POST /training-runs answers 409.",
+    )
+    training_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often the training-run queue starts waiting runs and reaps dead ones.",
+    )
+    training_kill_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="A cancelled run's processes get SIGTERM, then SIGKILL after this long.",
+    )
     auth_disabled: bool = Field(
         default=False,
         description="Development only: every caller is an anonymous admin. Refused in production.",

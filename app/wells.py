@@ -14,12 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.errors import GoneError, InvalidRequestError, NotFoundError
-from app.schemas.plates import FctWellPublic, PlateWellsPublic, WellResultPublic
+from app.errors import ConflictError, GoneError, InvalidRequestError, NotFoundError
+from app.schemas.common import QcFlag
+from app.schemas.plates import (
+    FctWellPublic,
+    PlatePage,
+    PlateSummary,
+    PlateWellsPublic,
+    WellResultPublic,
+)
 from app.schemas.scans import ScanPublic
 from hardware.plate import SBS_96, WellNameError
 from store import queries
-from store.images import ImageStore
+from store.images import CorruptImageError, ImageStore
 from store.orm import Plate, Scan, WellResult
 
 
@@ -61,12 +68,17 @@ def plate_wells(
     *,
     scan_id: int | None = None,
     label: str | None = None,
-    qc_flag: str | None = None,
+    qc_flag: QcFlag | None = None,
 ) -> PlateWells:
-    """The calls of the latest (or a given) scan, optionally only one label or QC flag."""
+    """The calls of the latest (or a given) scan, optionally only one label or QC flag; each
+    well with its stored images' checksums (all loaded in one query)."""
     plate = plate_or_error(session, barcode)
     scan = scan_or_error(session, plate, scan_id)
-    wells = [WellResultPublic.of(r) for r in queries.scan_results(session, scan)]
+    images = queries.images_by_well(session, scan.id)
+    wells = [
+        WellResultPublic.of(r, images.get(r.well_id, ()))
+        for r in queries.scan_results(session, scan)
+    ]
     if label is not None:
         wells = [w for w in wells if w.label == label]
     if qc_flag is not None:
@@ -87,6 +99,35 @@ def well_result(session: Session, barcode: str, well: str, scan_id: int | None) 
     return result
 
 
+def well_public(
+    session: Session, barcode: str, well: str, scan_id: int | None
+) -> WellResultPublic:
+    """One well's result as the API shows it, with its stored images' checksums."""
+    result = well_result(session, barcode, well, scan_id)
+    images = queries.images_by_well(session, result.scan_id, [result.well_id])
+    return WellResultPublic.of(result, images.get(result.well_id, ()))
+
+
+def list_plates(
+    session: Session, *, limit: int, offset: int, barcode_prefix: str | None = None
+) -> PlatePage:
+    """Plates newest first, each with its newest scan and whether FCT exists (discovery: what
+    is there to read, scan or evaluate)."""
+    rows, total = queries.list_plates(
+        session, limit=limit, offset=offset, barcode_prefix=barcode_prefix
+    )
+    return PlatePage(
+        items=[PlateSummary.of(row.plate, row.latest_scan, row.has_fct) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+class ImageCorruptError(ConflictError):
+    """A stored image that no longer reads back as written (checksum, chunk or metadata)."""
+
+
 def field_frame(
     session: Session,
     image_store: ImageStore,
@@ -96,15 +137,22 @@ def field_frame(
     scan_id: int | None,
     field: int,
 ) -> np.ndarray:
-    """The frame of one field as it was acquired ((H, W) or (H, W, C), camera dtype)."""
+    """The frame of one field as it was acquired ((H, W) or (H, W, C), camera dtype), checked
+    against the SHA-256 recorded when it was written: a damaged or incomplete image is a 409
+    (ImageCorruptError), never a silently black or wrong picture."""
     result = well_result(session, barcode, well, scan_id)
     image = queries.field_image(session, result, field)
     if image is None:
         raise NotFoundError(f"well {well} has no field {field}")
+    where = f"well {well} field {field} of scan {result.scan_id}"
     try:
-        return image_store.load(image.path)
+        return image_store.load(image.path, sha256=image.sha256)
     except FileNotFoundError as exc:
-        raise GoneError(f"the image file of {well} is gone: {image.path}") from exc
+        raise GoneError(
+            f"the stored image of {where} is gone from the image store; re-scan the well"
+        ) from exc
+    except CorruptImageError as exc:
+        raise ImageCorruptError(f"image corrupt: {where}: {exc}; re-scan the well") from exc
 
 
 def fct_wells(session: Session, barcode: str) -> list[FctWellPublic]:

@@ -48,11 +48,14 @@ class WorkerContext:
 
     session_factory: sessionmaker[Session]
     scanner: PlateScanner
-    classifier: WellClassifier
-    model_version_id: int
+    # None when no model could be loaded (the service runs degraded, ``model_problem`` says
+    # why): the worker then claims nothing, and queued scans wait untouched for a good model.
+    classifier: WellClassifier | None
+    model_version_id: int | None
     image_store: ImageStore
     microscope_name: str
     plate: PlateGeometry = SBS_96  # calibrated geometry: where A1's centre is on this stage
+    model_problem: str | None = None
 
 
 def _now() -> datetime:
@@ -101,9 +104,11 @@ class ScanWorker:
             self._thread.join(timeout)
 
     def use_model(self, classifier: WellClassifier, model_version_id: int) -> None:
-        """Switch models; a scan in flight finishes with the model it started with."""
+        """Switch models; a scan in flight finishes with the model it started with. Ends a
+        degraded start: scans waiting for a model are claimed from the next poll on."""
         self.context.classifier = classifier
         self.context.model_version_id = model_version_id
+        self.context.model_problem = None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -124,7 +129,11 @@ class ScanWorker:
 
     # -- claiming and leases -------------------------------------------------------------------
     def run_next(self) -> bool:
-        """Claim the next scan of this microscope and run it. False if there is none to claim."""
+        """Claim the next scan of this microscope and run it. False if there is none to claim
+        (or no model to run it with: a scan is never claimed, so never failed, for want of one).
+        """
+        if self.context.classifier is None:
+            return False
         scan_id = self._claim()
         if scan_id is None:
             return False
@@ -246,12 +255,17 @@ class ScanWorker:
             )
         # The model is fixed for the whole scan, even if another is activated meanwhile.
         classifier, model_version_id = self.context.classifier, self.context.model_version_id
+        if classifier is None or model_version_id is None:  # run_next checked; never unset after
+            raise RuntimeError("no model is loaded")
         try:
             for acquisition in self.context.scanner.scan(plan, lambda: self._should_stop(scan_id)):
                 call = None if acquisition.failed else classifier.classify(acquisition.fields)
                 wells_done = self._commit_well(
                     scan_id, plan, well_ids, acquisition, call, model_version_id
                 )
+                if wells_done is None:
+                    logger.info("scan %d cancelled: well %s discarded", scan_id, acquisition.well)
+                    return
                 if self.on_progress is not None:
                     self.on_progress(scan_id, wells_done, total)
         except HardwareError as exc:
@@ -275,13 +289,38 @@ class ScanWorker:
         acquisition: WellAcquisition,
         call: WellCall | None,
         model_version_id: int,
-    ) -> int:
-        """Write one well's images and result and bump progress, in one transaction."""
+    ) -> int | None:
+        """Write one well's images and result and bump progress, in one transaction; the new
+        ``wells_done``, or None if the scan was cancelled meanwhile (nothing is written).
+
+        The progress bump is a conditional UPDATE (still running, still our lease) issued
+        first: it takes the scan row's write lock before anything else is written, so a cancel
+        either commits before it (the well is dropped, and the cancel's ``wells_done`` is the
+        final count) or waits for this commit (and then reports this well as done). Checking
+        the status on a row read earlier was not enough: SQLite ignores FOR UPDATE, and a
+        cancel committed between that read and the commit left a well the cancel never saw.
+        """
         well_id = well_ids[acquisition.well]
         with session_scope(self.context.session_factory) as session:
-            scan = session.get_one(Scan, scan_id, with_for_update=True)
-            if scan.lease_owner != self.owner or scan.status != ScanStatus.running:
-                raise LeaseLostError(f"scan {scan_id} is no longer ours ({scan.status.value})")
+            bumped = session.execute(
+                update(Scan)
+                .where(
+                    Scan.id == scan_id,
+                    Scan.lease_owner == self.owner,
+                    Scan.status == ScanStatus.running,
+                )
+                .values(
+                    wells_done=Scan.wells_done + 1,
+                    lease_expires_at=_now() + timedelta(seconds=self.lease_seconds),
+                )
+                .returning(Scan.wells_done)
+            ).scalar_one_or_none()
+            if bumped is None:
+                status = session.scalar(select(Scan.status).where(Scan.id == scan_id))
+                if status == ScanStatus.cancelled:
+                    return None
+                state = status.value if status is not None else "deleted"
+                raise LeaseLostError(f"scan {scan_id} is no longer ours ({state})")
             for field, outcome in zip(acquisition.fields, call.fields if call else [], strict=True):
                 stored = self.context.image_store.save(
                     plan.barcode, scan_id, field, fields_per_well=plan.fields_per_well
@@ -311,9 +350,7 @@ class ScanWorker:
                     )
                 )
             session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
-            scan.wells_done += 1
-            scan.lease_expires_at = _now() + timedelta(seconds=self.lease_seconds)
-            return scan.wells_done
+            return int(bumped)
 
     def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> None:
         """Record the outcome, only if the scan is still running under our lease (a cancel

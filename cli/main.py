@@ -2,7 +2,7 @@
 
 The one package that sees both the service (``app``) and training: each command group is a
 module of its own (cli/scan.py; cli/train.py with cli/experiment.py, which need PyTorch and are
-imported on use; cli/admin.py). User mistakes
+imported on use; cli/admin.py; cli/sim.py, the simulator's FCT export). User mistakes
 end in one line on stderr (``error: ...``) and exit code 2, not a traceback.
 """
 
@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from app.errors import ServiceError
-from cli import admin, scan, train
+from cli import admin, scan, sim, train
 from cli.common import UserError
 from hardware.plate import WellNameError
 from migrations import DatabaseNotReadyError
@@ -41,6 +41,7 @@ cli.command(
 )(train.experiment)
 cli.add_typer(admin.keys_cli, name="keys")
 cli.add_typer(admin.db_cli, name="db")
+cli.add_typer(sim.sim_cli, name="sim")
 
 
 @cli.callback()

@@ -173,23 +173,43 @@ def _training_jobs() -> ModuleType:
 
 
 def _train_for_run(run_id: int, repository: Path | None) -> None:
-    """Train the run's stored spec; record its start, outcome and published version."""
-    from app.training_runs import mark_finished, mark_running, spec_of
+    """Train the run's stored spec; record its start, outcome and published version.
+
+    Every update is conditional on the run's status: a run cancelled before this process got
+    to it is not trained, and one cancelled meanwhile stays ``cancelled`` (its process group
+    is being killed then anyway). It never publishes into the bundled, read-only repository.
+    """
+    import logging
+
+    from app.training_runs import mark_finished, mark_running, repository_problem, spec_of
     from store.db import session_scope
 
+    logger = logging.getLogger(__name__)
+    target = repository or get_settings().model_repository
     with database() as factory:
         with session_scope(factory) as session:
-            mark_running(session, run_id)
+            if not mark_running(session, run_id):
+                logger.info("training run %d is no longer to run (cancelled?); exiting", run_id)
+                return
         try:
+            problem = repository_problem(target)
+            if problem is not None:
+                raise UserError(problem)
             with session_scope(factory) as session:
                 spec = spec_of(session, run_id)
-            artifact = _run(spec, repository, factory)
+            artifact = _run(spec, target, factory)
         except BaseException as exc:
             with session_scope(factory) as session:
                 mark_finished(session, run_id, error=f"{type(exc).__name__}: {exc}")
             raise
         with session_scope(factory) as session:
-            mark_finished(session, run_id, version=artifact.version)
+            if not mark_finished(session, run_id, version=artifact.version):
+                logger.warning(
+                    "training run %d published v%d but was cancelled meanwhile; it stays "
+                    "cancelled",
+                    run_id,
+                    artifact.version,
+                )
 
 
 def experiment(ctx: typer.Context) -> None:

@@ -9,11 +9,17 @@ Plain pydantic, no PyTorch: the service imports it without the ``train`` extra.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A plate barcode (app.schemas.common re-exports it for the API's paths): stated here because a
+# training request names plates too, and this layer must not import the service.
+BARCODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_TRAINING_PLATES = 500
+# Seeds go to numpy (0 .. 2**32-1) and torch; 32 bits keep them a plain JSON/database integer.
+MAX_SEED = 2**31 - 1
 
 
 class TrainingRequest(BaseModel):
@@ -25,12 +31,27 @@ class TrainingRequest(BaseModel):
     # "database": retrain on this service's plates that have FCT labels (split by plate; the
     # *_plates counts below are then unused); "simulated": fresh simulated plates.
     source: Literal["simulated", "database"] = "simulated"
-    plates: Annotated[list[str], Field(max_length=500)] | None = None  # database: only these
+    # database: only these plates. Each a barcode (so no NUL or control character, no path,
+    # at most 64 characters), at most MAX_TRAINING_PLATES of them: a bad one is a 422 before
+    # anything is written.
+    plates: (
+        Annotated[
+            list[Annotated[str, Field(pattern=BARCODE_PATTERN, max_length=64)]],
+            Field(min_length=1, max_length=MAX_TRAINING_PLATES),
+        ]
+        | None
+    ) = None
     train_plates: Annotated[int, Field(ge=1, le=50)] = 4
     val_plates: Annotated[int, Field(ge=1, le=20)] = 1
     test_plates: Annotated[int, Field(ge=1, le=20)] = 2
     epochs: Annotated[int, Field(ge=1, le=500)] = 30
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+
+    @model_validator(mode="after")
+    def _plates_only_for_the_database(self) -> Self:
+        if self.plates is not None and self.source != "database":
+            raise ValueError("plates only applies to source 'database'; leave it out")
+        return self
 
 
 class TrainingSpec(TrainingRequest):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload
 
 from hardware.plate import SBS_96, PlateGeometry
@@ -74,6 +75,7 @@ def results_after(session: Session, scan_id: int, after_result_id: int) -> list[
             select(WellResult)
             .join(Well, WellResult.well_id == Well.id)
             .where(WellResult.scan_id == scan_id, WellResult.id > after_result_id)
+            .options(contains_eager(WellResult.well), selectinload(WellResult.model_version))
             .order_by(WellResult.id)
         )
     )
@@ -88,6 +90,93 @@ def field_image(session: Session, result: WellResult, field_index: int) -> Image
             Image.field_index == field_index,
         )
     )
+
+
+def images_by_well(
+    session: Session, scan_id: int, well_ids: Iterable[int] | None = None
+) -> dict[int, list[Image]]:
+    """The stored images of a scan (or of some of its wells), grouped by well id, each well's
+    in field order: one query for a whole plate's worth of well results."""
+    statement = select(Image).where(Image.scan_id == scan_id)
+    if well_ids is not None:
+        statement = statement.where(Image.well_id.in_(list(well_ids)))
+    grouped: dict[int, list[Image]] = {}
+    for image in session.scalars(statement.order_by(Image.well_id, Image.field_index)):
+        grouped.setdefault(image.well_id, []).append(image)
+    return grouped
+
+
+@dataclass(frozen=True)
+class PlateListing:
+    """One plate of a listing: its newest scan (any status, None before the first) and
+    whether FCT ground truth was uploaded."""
+
+    plate: Plate
+    latest_scan: Scan | None
+    has_fct: bool
+
+
+def list_plates(
+    session: Session, *, limit: int, offset: int, barcode_prefix: str | None = None
+) -> tuple[list[PlateListing], int]:
+    """A page of plates, newest first, and how many match in all.
+
+    Two queries whatever the page size: the newest scan per plate is a grouped subquery joined
+    in, and FCT presence a correlated EXISTS, so listing never loads scans plate by plate.
+    """
+    conditions = []
+    if barcode_prefix:
+        # substr, not LIKE: case-sensitive on both databases (SQLite's LIKE folds ASCII case)
+        # and no wildcard characters to escape ('_' is a legal barcode character).
+        conditions.append(func.substr(Plate.barcode, 1, len(barcode_prefix)) == barcode_prefix)
+    total = session.scalar(select(func.count(Plate.id)).where(*conditions)) or 0
+    newest = (
+        select(Scan.plate_id, func.max(Scan.id).label("scan_id"))
+        .group_by(Scan.plate_id)
+        .subquery()
+    )
+    has_fct = (
+        exists()
+        .where(Well.plate_id == Plate.id, FctMeasurement.well_id == Well.id)
+        .correlate(Plate)
+    )
+    rows = session.execute(
+        select(Plate, Scan, has_fct.label("has_fct"))
+        .outerjoin(newest, newest.c.plate_id == Plate.id)
+        .outerjoin(Scan, Scan.id == newest.c.scan_id)
+        .where(*conditions)
+        .order_by(Plate.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [PlateListing(plate, scan, bool(fct)) for plate, scan, fct in rows], total
+
+
+def list_scans(
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    barcode: str | None = None,
+    status: ScanStatus | None = None,
+) -> tuple[list[Scan], int]:
+    """A page of scans, newest first, and how many match in all; plate and model loaded with
+    them (two queries, not one per scan)."""
+    conditions = []
+    if barcode is not None:
+        conditions.append(Scan.plate.has(Plate.barcode == barcode))
+    if status is not None:
+        conditions.append(Scan.status == status)
+    total = session.scalar(select(func.count(Scan.id)).where(*conditions)) or 0
+    scans = session.scalars(
+        select(Scan)
+        .where(*conditions)
+        .options(joinedload(Scan.plate), joinedload(Scan.model_version))
+        .order_by(Scan.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(scans), total
 
 
 def fct_measurements(session: Session, plate: Plate) -> list[tuple[str, FctMeasurement]]:

@@ -20,7 +20,8 @@ def test_scan_from_post_to_96_results_in_the_database(service):
     health = client.get("/api/v1/health")
     assert health.status_code == 200, health.text
     assert health.json()["model"]["provider"] == "CPUExecutionProvider"
-    assert health.json()["microscope"] == "simulated"
+    assert health.json()["microscope"] == "pycromanager-sim"
+    assert health.json()["instrument"] == "simulated"
 
     response = client.post(
         "/api/v1/scans", json={"plate_barcode": "SIM-API-0001", "objective": "40x"}

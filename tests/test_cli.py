@@ -61,3 +61,46 @@ def test_local_scan_of_a_few_wells_prints_a_map_and_csv(tmp_path):
     )
     bad = _mscreen("scan", "--plate", "SIM-CLI-1", "--wells", "A1,Q4", env=env)
     assert bad.returncode == 2 and "Q4" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sim_fct_export_matches_the_service_simulator(tmp_path, monkeypatch):
+    """`mscreen sim fct-export` is the simulator's cytometer CSV for the seed the service's
+    simulated microscope uses (MSCREEN_SIMULATION_SEED), or --seed; stdout or --output."""
+    from app.settings import get_settings
+    from hardware.sim import SimulationConfig
+    from hardware.sim.truth import fct_export_csv
+
+    # get_settings may be memoised: each environment below must be read afresh.
+    forget = getattr(get_settings, "cache_clear", lambda: None)
+    runner = CliRunner()
+    try:
+        forget()
+        default = runner.invoke(cli, ["sim", "fct-export", "--plate", "SIM-FCT-1"])
+        assert default.exit_code == 0, default.output
+        assert default.stdout == fct_export_csv(SimulationConfig(seed=0), "SIM-FCT-1")
+        assert default.stdout.splitlines()[5] == "Well,Sample ID,Events,CD73-FITC+ %,CD90-PE+ %"
+        assert len(default.stdout.splitlines()) == 6 + 96
+
+        monkeypatch.setenv("MSCREEN_SIMULATION_SEED", "7")
+        forget()
+        seeded = runner.invoke(cli, ["sim", "fct-export", "--plate", "SIM-FCT-1"])
+        assert seeded.exit_code == 0, seeded.output
+        assert seeded.stdout == fct_export_csv(SimulationConfig(seed=7), "SIM-FCT-1")
+        assert seeded.stdout != default.stdout
+
+        target = tmp_path / "fct.csv"
+        written = runner.invoke(
+            cli, ["sim", "fct-export", "-p", "SIM-FCT-1", "--seed", "0", "--output", str(target)]
+        )
+        assert written.exit_code == 0, written.output
+        assert target.read_text() == default.stdout
+        assert "SIM-FCT-1" in written.stderr and written.stdout == ""
+    finally:
+        monkeypatch.delenv("MSCREEN_SIMULATION_SEED", raising=False)
+        forget()
+
+
+def test_sim_fct_export_refuses_a_bad_barcode_in_one_line():
+    bad = _mscreen("sim", "fct-export", "--plate", "no spaces")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().startswith("error: --plate 'no spaces' is not a barcode")

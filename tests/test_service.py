@@ -326,7 +326,7 @@ def test_model_activation_requires_a_passed_parity_check(tmp_path, settings):
         assert (
             client.post("/api/v1/models/hscnn-sim/1/activate", headers=headers).status_code == 200
         )
-        assert client.get("/api/v1/health").json()["model"]["version"] == "1"
+        assert client.get("/api/v1/health").json()["model"]["version"] == 1
 
 
 @pytest.mark.slow
@@ -374,7 +374,7 @@ def test_a_retraining_run_started_from_the_api_publishes_a_new_version(tmp_path,
         assert listed[1]["card"]["parity"]["passed"] is True
         activated = client.post("/api/v1/models/hscnn-sim/2/activate", headers={"X-API-Key": admin})
         assert activated.status_code == 200
-        assert client.get("/api/v1/health").json()["model"]["version"] == "2"
+        assert client.get("/api/v1/health").json()["model"]["version"] == 2
 
 
 def test_upload_edge_cases_are_4xx_not_5xx(service):

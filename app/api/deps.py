@@ -39,13 +39,20 @@ ANONYMOUS = Principal(name="anonymous", role=Role.admin)
 
 
 def get_principal(
-    runtime: RuntimeDep, api_key: Annotated[str | None, Security(api_key_header)]
+    request: Request,
+    runtime: RuntimeDep,
+    api_key: Annotated[str | None, Security(api_key_header)],
 ) -> Principal:
     """The caller, from the ``X-API-Key`` header (401 without a valid key).
 
-    Valid keys are cached for a few seconds per process (see :class:`app.auth.KeyCache`), so a
-    busy client does not cost a database round trip per request.
+    The request guard (app/api/guard.py) has normally found it already, before the body was
+    read; the lookup here covers an app run without the guard. Valid keys are cached for a few
+    seconds per process (see :class:`app.auth.KeyCache`), so a busy client does not cost a
+    database round trip per request.
     """
+    found: Principal | None = getattr(request.state, "principal", None)
+    if found is not None:
+        return found
     if runtime.settings.auth_disabled:
         return ANONYMOUS
     if not api_key:

@@ -12,12 +12,11 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
-from models.training_spec import MODEL_NAME_PATTERN
+from models.training_spec import BARCODE_PATTERN, MODEL_NAME_PATTERN
 
 # Ids are 32-bit integer columns on PostgreSQL (SERIAL); a larger id cannot exist.
 MAX_ID = 2**31 - 1
 
-BARCODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 # A well of a 96-well plate as people write it: row letter, column 1..12, optional leading zero.
 WELL_PATTERN = r"^[A-Ha-h](0?[1-9]|1[0-2])$"
@@ -31,8 +30,12 @@ RunIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Training run id.")
 ScanIdQuery = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="A given scan; default: the latest.")
 ]
-BarcodePath = Annotated[str, Path(pattern=BARCODE_PATTERN, description="Plate barcode.")]
-WellPath = Annotated[str, Path(pattern=WELL_PATTERN, description="Well, e.g. B7 (or b07).")]
+BarcodePath = Annotated[
+    str, Path(pattern=BARCODE_PATTERN, description="Plate barcode.", examples=["MSC-2026-0001"])
+]
+WellPath = Annotated[
+    str, Path(pattern=WELL_PATTERN, description="Well, e.g. B7 (or b07).", examples=["B7"])
+]
 ModelNamePath = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, description="Model name.")]
 ModelVersionPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Model version.")]
 KeyNamePath = Annotated[str, Path(pattern=KEY_NAME_PATTERN, description="API key name.")]

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from app.schemas.scans import ModelRef, ScanPublic
-from store.orm import WellResult, WellStatus
+from store.orm import Image, Plate, Scan, ScanStatus, WellResult, WellStatus
+
+
+class ImagePublic(BaseModel):
+    """One stored field of a well: what was written, so a client can check what it reads."""
+
+    field: int = Field(description="Field index within the well (as ?field= of /image)")
+    sha256: str = Field(description="SHA-256 of the stored frame's pixels, recorded at write")
+    height: int
+    width: int
+    dtype: str = Field(description="Camera pixel type, e.g. uint16")
+
+    @classmethod
+    def of(cls, image: Image) -> ImagePublic:
+        return cls(
+            field=image.field_index,
+            sha256=image.sha256,
+            height=image.height,
+            width=image.width,
+            dtype=image.dtype,
+        )
 
 
 class WellResultPublic(BaseModel):
@@ -26,9 +48,14 @@ class WellResultPublic(BaseModel):
     acquisition_ms: float
     preprocessing_ms: float
     inference_ms: float
+    images: list[ImagePublic] = Field(
+        default_factory=list, description="The well's stored fields, in field order"
+    )
 
     @classmethod
-    def of(cls, result: WellResult) -> WellResultPublic:
+    def of(cls, result: WellResult, images: Sequence[Image] = ()) -> WellResultPublic:
+        """``images``: the well's stored fields (queried by the caller, in one query for a
+        whole plate; see store.queries.images_by_well)."""
         model = result.model_version
         return cls(
             well=result.well.name,
@@ -46,6 +73,7 @@ class WellResultPublic(BaseModel):
             acquisition_ms=result.acquisition_ms,
             preprocessing_ms=result.preprocessing_ms,
             inference_ms=result.inference_ms,
+            images=[ImagePublic.of(image) for image in images],
         )
 
 
@@ -53,6 +81,43 @@ class PlateWellsPublic(BaseModel):
     plate_barcode: str
     scan: ScanPublic
     wells: list[WellResultPublic]
+
+
+class LatestScanRef(BaseModel):
+    """The newest scan of a plate, whatever its status (a queued one too)."""
+
+    id: int
+    status: ScanStatus
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, scan: Scan) -> LatestScanRef:
+        return cls(id=scan.id, status=scan.status, finished_at=scan.finished_at)
+
+
+class PlateSummary(BaseModel):
+    barcode: str
+    created_at: datetime
+    latest_scan: LatestScanRef | None = Field(description="None until the first scan is queued")
+    has_fct: bool = Field(description="Flow-cytometry ground truth was uploaded")
+
+    @classmethod
+    def of(cls, plate: Plate, latest_scan: Scan | None, has_fct: bool) -> PlateSummary:
+        return cls(
+            barcode=plate.barcode,
+            created_at=plate.created_at,
+            latest_scan=LatestScanRef.of(latest_scan) if latest_scan else None,
+            has_fct=has_fct,
+        )
+
+
+class PlatePage(BaseModel):
+    """One page of plates, newest first (the same page shape as ScanPage)."""
+
+    items: list[PlateSummary]
+    total: int = Field(description="Plates matching the filter, all pages together")
+    limit: int
+    offset: int
 
 
 class FctWellPublic(BaseModel):
@@ -65,4 +130,20 @@ class FctWellPublic(BaseModel):
 
 class UploadResult(BaseModel):
     plate_barcode: str
-    rows: int = Field(description="Rows written")
+    rows: int = Field(description="Rows the upload holds, now the plate's whole set")
+    removed: int = Field(
+        0, description="Earlier rows (wells) the upload did not list, deleted by this replace"
+    )
+    plate_created: bool = Field(
+        False, description="The plate did not exist yet (ground truth before its first scan)"
+    )
+
+
+class ManualCallPublic(BaseModel):
+    """One operator's visual call of one well (the paper's MV group)."""
+
+    well: str
+    operator: str
+    label: Literal["high", "low"]
+    seconds_spent: float | None = Field(description="Time the operator took for this well")
+    recorded_at: datetime = Field(description="When this call was uploaded (UTC)")

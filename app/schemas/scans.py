@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import BARCODE_PATTERN, MAX_ID
 from store.orm import Scan, ScanStatus
-
-BARCODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class ScanCreate(BaseModel):
@@ -66,3 +66,21 @@ class ScanPublic(BaseModel):
             started_at=scan.started_at,
             finished_at=scan.finished_at,
         )
+
+
+# Paging of the listings (GET /scans, GET /plates): one page shape for both.
+MAX_PAGE_SIZE = 200
+LimitQuery = Annotated[
+    int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1..{MAX_PAGE_SIZE}.")
+]
+# Bounded like an id: no listing holds more rows, and the database need not see a larger number.
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip (0: first page).")]
+
+
+class ScanPage(BaseModel):
+    """One page of scans, newest first; ``total`` counts every scan the filters match."""
+
+    items: list[ScanPublic]
+    total: int = Field(description="Scans matching the filters, all pages together")
+    limit: int
+    offset: int

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _StoredJob:
     path: str
+    sha256: str  # recorded when the field was written: a missing chunk reads back as zeros
     pipeline: PipelineConfig
     bit_depth: int | None
     label: int
@@ -31,9 +32,16 @@ class _StoredJob:
 
 
 def _prepare_stored(job: _StoredJob) -> tuple[_StoredJob, np.ndarray | None, np.ndarray | None]:
-    from store.images import ImageStore
+    from store.images import CorruptImageError, ImageStore
 
-    frame = ImageStore.load(job.path)
+    try:
+        frame = ImageStore.load(job.path, sha256=job.sha256)
+    except (CorruptImageError, FileNotFoundError) as exc:
+        # Never train on a frame that is not the one acquired: say which, and stop.
+        raise ValueError(
+            f"stored image {job.name} cannot be used: {exc}; restore the data folder from a "
+            "backup or leave that plate out (--plate)"
+        ) from exc
     prepared = prepare(
         frame, job.pipeline, bit_depth=job.bit_depth if frame.dtype == np.uint16 else None
     )
@@ -74,7 +82,9 @@ def database_image_set(
     from store.orm import FctMeasurement, Image, Plate, Well
 
     query = (
-        select(Image.path, Image.scan_id, Image.field_index, Well.name, Plate.barcode)
+        select(
+            Image.path, Image.sha256, Image.scan_id, Image.field_index, Well.name, Plate.barcode
+        )
         .add_columns(FctMeasurement.label)
         .join(Well, Image.well_id == Well.id)
         .join(Plate, Well.plate_id == Plate.id)
@@ -91,13 +101,14 @@ def database_image_set(
     jobs = [
         _StoredJob(
             path,
+            sha256,
             pipeline,
             bit_depth,
             int(label == "high"),
             barcode,
             f"{barcode}/scan-{scan_id}/{well}/f{field_index}",
         )
-        for path, scan_id, field_index, well, barcode, label in rows
+        for path, sha256, scan_id, field_index, well, barcode, label in rows
     ]
     result = collect_images(
         prepare_in_parallel(_prepare_stored, jobs, workers, 4), len(jobs), progress

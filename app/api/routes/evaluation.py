@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.api.deps import SessionDep, Viewer
-from app.evaluation import evaluate_barcodes
+from app.evaluation import MAX_POOLED_PLATES, MAX_RESAMPLES, evaluate_barcodes, parse_barcodes
 
 router = APIRouter(tags=["evaluation"])
 
@@ -17,10 +17,17 @@ def pooled_evaluation(
     session: SessionDep,
     _: Viewer,
     plates: Annotated[
-        str | None, Query(description="Comma-separated barcodes; default: every plate with FCT.")
+        str | None,
+        Query(
+            max_length=MAX_POOLED_PLATES * 65,
+            description=f"Comma-separated barcodes (at most {MAX_POOLED_PLATES}); default: "
+            "every plate with FCT.",
+        ),
     ] = None,
-    resamples: Annotated[int, Query(ge=100, le=20000)] = 2000,
+    resamples: Annotated[
+        int, Query(ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples for the CIs.")
+    ] = 2000,
 ) -> dict[str, Any]:
-    """Model (and manual) vs FCT over the wells of several plates (latest completed scans)."""
-    barcodes = [b.strip() for b in plates.split(",") if b.strip()] if plates else None
-    return evaluate_barcodes(session, barcodes, resamples=resamples)
+    """Model (and manual) vs FCT over the wells of several plates (latest completed scans).
+    Reports are cached until a scan result, FCT or manual call of those plates changes."""
+    return evaluate_barcodes(session, parse_barcodes(plates), resamples=resamples)

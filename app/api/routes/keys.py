@@ -7,6 +7,7 @@ from fastapi import APIRouter, status
 from app.api.deps import Admin, RuntimeDep, SessionDep
 from app.auth import issue_key, list_api_keys
 from app.auth import revoke as revoke_api_key
+from app.schemas.common import KeyNamePath
 from app.schemas.keys import KeyCreate, KeyCreated, KeyPublic
 
 router = APIRouter(prefix="/keys", tags=["auth"])
@@ -33,5 +34,5 @@ def list_keys(session: SessionDep, _: Admin) -> list[KeyPublic]:
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke(name: str, session: SessionDep, runtime: RuntimeDep, caller: Admin) -> None:
+def revoke(name: KeyNamePath, session: SessionDep, runtime: RuntimeDep, caller: Admin) -> None:
     revoke_api_key(session, name, actor=caller.name, cache=runtime.key_cache)

@@ -1,5 +1,5 @@
-"""Scans: start one (queued for the worker), follow it (poll or server-sent events), cancel it.
-HTTP only: the logic is in app.scans."""
+"""Scans: list them, start one (queued for the worker), follow it (poll or server-sent events),
+cancel it. HTTP only: the logic is in app.scans."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app import scans
 from app.api.deps import Operator, RuntimeDep, SessionDep, Viewer
-from app.schemas.scans import ScanCreate, ScanPublic
+from app.schemas.common import BARCODE_PATTERN, ScanIdPath
+from app.schemas.scans import LimitQuery, OffsetQuery, ScanCreate, ScanPage, ScanPublic
+from store.orm import ScanStatus
 
 router = APIRouter(prefix="/scans", tags=["scans"])
 
@@ -49,15 +51,31 @@ def start_scan(
     return ScanPublic.of(scan)
 
 
+@router.get("", response_model=ScanPage)
+def list_scans(
+    session: SessionDep,
+    _: Viewer,
+    plate: Annotated[
+        str | None, Query(pattern=BARCODE_PATTERN, description="Only scans of this plate.")
+    ] = None,
+    status: Annotated[ScanStatus | None, Query(description="Only scans in this status.")] = None,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
+) -> ScanPage:
+    """Scans, newest first, optionally of one plate or in one status; paged."""
+    return scans.list_scans(session, limit=limit, offset=offset, plate=plate, status=status)
+
+
 @router.get("/{scan_id}", response_model=ScanPublic)
-def get_scan(scan_id: int, session: SessionDep, _: Viewer) -> ScanPublic:
+def get_scan(scan_id: ScanIdPath, session: SessionDep, _: Viewer) -> ScanPublic:
     """Status and progress of one scan."""
     return ScanPublic.of(scans.scan_or_error(session, scan_id))
 
 
 @router.post("/{scan_id}/cancel", response_model=ScanPublic)
-def cancel(scan_id: int, session: SessionDep, caller: Operator) -> ScanPublic:
-    """Cancel a queued or running scan (wells already committed stay)."""
+def cancel(scan_id: ScanIdPath, session: SessionDep, caller: Operator) -> ScanPublic:
+    """Cancel a queued or running scan. Wells already committed stay; the well being imaged is
+    dropped, so ``wells_done`` in the answer is final."""
     return ScanPublic.of(scans.cancel(session, scan_id, actor=caller.name))
 
 
@@ -71,7 +89,7 @@ def _event(name: str, data: str) -> str:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def scan_events(
-    scan_id: int, request: Request, session: SessionDep, runtime: RuntimeDep, _: Viewer
+    scan_id: ScanIdPath, request: Request, session: SessionDep, runtime: RuntimeDep, _: Viewer
 ) -> StreamingResponse:
     """Server-sent events: ``well`` for each committed well result, ``progress`` when the
     scan's status or progress changes, and a final ``end`` when it is finished."""
