@@ -63,6 +63,12 @@ class Settings(StoreSettings):
         description="A running scan's lease; a scan whose worker stops renewing it is resumed "
         "by the next worker after this long.",
     )
+    events_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a scan's event stream stays open; clients reconnect with "
+        "Last-Event-ID (so no connection is held for a scan waiting in the queue).",
+    )
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

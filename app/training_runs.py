@@ -91,12 +91,10 @@ def missing_train_modules() -> list[str]:
 
 @lru_cache(maxsize=1)
 def _package_dirs() -> tuple[Path, ...]:
-    dirs: list[Path] = []
-    for name in PROJECT_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations:
-            dirs.extend(Path(location).resolve() for location in spec.submodule_search_locations)
-    return tuple(dirs)
+    # From this file, not importlib.find_spec: a folder named like a package in the working
+    # directory (a ./models repository!) would otherwise count as the package.
+    install_root = Path(__file__).resolve().parents[1]
+    return tuple(install_root / name for name in PROJECT_PACKAGES)
 
 
 def repository_problem(repository: Path) -> str | None:
@@ -495,6 +493,7 @@ class _Child:
     run_id: int
     process: subprocess.Popen[bytes]
     kill_at: float | None = None  # monotonic: SIGKILL the group then (SIGTERM was sent)
+    reported: bool = False  # its row is finished: the process is on its way out
 
 
 class TrainingRunQueue:
@@ -535,11 +534,12 @@ class TrainingRunQueue:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        # Runs cancelled in the last moments may still be dying: see their kill through and reap
-        # them (bounded) rather than leave zombies in a process that lives on (tests, an
-        # embedding app). Runs that are not cancelled keep running.
+        # Runs cancelled (or just finished) in the last moments may still be exiting: see them
+        # through and reap them (bounded) rather than leave zombies in a process that lives on
+        # (tests, an embedding app). Runs still running keep running.
         deadline = time.monotonic() + self.settings.training_kill_grace_seconds + 2.0
-        while time.monotonic() < deadline:
+        forced = False
+        while True:
             try:
                 self._poll_children()
                 self._escalate_stragglers()
@@ -548,9 +548,21 @@ class TrainingRunQueue:
                 logger.exception("training-run queue: could not finish its kills")
                 return
             with self._lock:
-                live = {c.process.pid for c in self._children.values() if c.kill_at is None}
-                if not self._stragglers and not set(self._groups) - live:
+                live = {
+                    c.process.pid
+                    for c in self._children.values()
+                    if c.kill_at is None and not c.reported
+                }
+                dying = set(self._groups) - live
+                if not self._stragglers and not dying:
                     return
+            if time.monotonic() >= deadline:
+                if forced:
+                    logger.warning("training-run queue: process groups %s outlived it", dying)
+                    return
+                forced, deadline = True, time.monotonic() + 5.0
+                for pgid in dying:
+                    signal_group(pgid, signal.SIGKILL)
             time.sleep(0.05)
 
     @property
@@ -609,6 +621,7 @@ class TrainingRunQueue:
             pgid = child.process.pid
             code = child.process.poll()  # reaps it: no zombie stays
             status = statuses.get(child.run_id)
+            child.reported = status is not None and status.finished
             if code is None:
                 if child.kill_at is None and status in (TrainingRunStatus.cancelled, None):
                     logger.info("training run %d: SIGTERM to its process group", child.run_id)

@@ -9,7 +9,7 @@ end in one line on stderr (``error: ...``) and exit code 2, not a traceback.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -54,6 +54,15 @@ def _configure(
     )
 
 
+def _problem(error: Any) -> str:
+    """One validation problem: where, what, and the value at fault when it is a short one."""
+    text = f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+    value = error.get("input")
+    if isinstance(value, str | int | float) and len(repr(value)) <= 40:
+        text += f" (got {value!r})"
+    return text
+
+
 def main() -> None:
     """Entry point: run the CLI and turn user errors into one line."""
     try:
@@ -69,7 +78,7 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         typer.echo(f"error: {problems}", err=True)
         raise SystemExit(2) from None
     except httpx.HTTPError as exc:

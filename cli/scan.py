@@ -82,6 +82,7 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultP
     request = ScanCreate.model_validate(body)
     runtime = build_runtime(settings)
     try:
+        runtime.require_model()  # degraded (no model can serve): say why before writing a scan
         with session_scope(runtime.session_factory) as session:
             scan_row = create_scan(session, request, microscope=runtime.microscope_name)
             scan_id, total = scan_row.id, scan_row.wells_total

@@ -25,7 +25,8 @@ MAX_SEED = 2**31 - 1
 class TrainingRequest(BaseModel):
     """What a remote caller may ask for: sources on the server's own data, bounded sizes."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON `false` is not the seed 0, nor "30" 30 epochs.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(default="hscnn-sim", pattern=MODEL_NAME_PATTERN)
     # "database": retrain on this service's plates that have FCT labels (split by plate; the
@@ -57,6 +58,9 @@ class TrainingRequest(BaseModel):
 class TrainingSpec(TrainingRequest):
     """Everything a training run takes; the local CLI may also train on a folder of images,
     choose the network, the HSM window, the simulator's difficulty and the device."""
+
+    # Lax again: the CLI's options and a stored row's JSON spell a folder as a string.
+    model_config = ConfigDict(extra="forbid", strict=False)
 
     source: Literal["simulated", "database", "folder"] = "simulated"  # type: ignore[assignment]
     data: Path | None = Field(default=None, description="folder: root of <class>/<image> folders")

@@ -168,10 +168,6 @@ def test_an_unloadable_active_model_starts_the_service_degraded(tmp_path, settin
         assert finished["status"] == "completed", finished
 
 
-@pytest.mark.xfail(
-    reason="needs `runtime.require_model()` in the POST /scans route (app/api/routes/scans.py)",
-    strict=False,
-)
 def test_scans_are_refused_while_degraded(tmp_path, settings):
     root = _repository(tmp_path / "repo")
     _random_onnx(root, 1)

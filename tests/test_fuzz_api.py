@@ -80,7 +80,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         url = str(request.getfixturevalue("postgres_url"))
     migrations.upgrade(url)
     key = _admin_key(url)
-    repository = tmp_path / "models"
+    repository = tmp_path / "model-repository"
     shutil.copytree(BUNDLED_REPOSITORY, repository)  # training runs publish here, not the package
     port = _free_port()
     log_path = tmp_path / "server.log"
@@ -91,6 +91,8 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         "MSCREEN_MODEL_REPOSITORY": str(repository),
         "MSCREEN_ONNX_PROVIDER": "cpu",
         "MSCREEN_TRAINING_MAX_RUNNING": "1",
+        # Event streams of scans waiting in the fuzzer's queue close quickly (clients reconnect).
+        "MSCREEN_EVENTS_MAX_SECONDS": "2",
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -3,12 +3,17 @@ queries, server-sent events, evaluation against a hand-computed case, model acti
 
 import json
 import shutil
+import time
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.auth import create_key
+from app.main import create_app
 from hardware.sim import SimulationConfig, fct_export_csv, plate_truth
-from store.orm import AuditEvent, FctMeasurement, ManualCall, Scan
+from store.db import session_scope
+from store.orm import AuditEvent, FctMeasurement, ManualCall, Role, Scan
 from tests.conftest import wait_for_scan
 
 SIX_WELLS = ["A1", "A2", "B3", "C4", "D5", "E6"]
@@ -223,6 +228,32 @@ def test_queries_csv_images_and_events(service):
     events = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event: ")]
     assert events.count("well") == len(SIX_WELLS)
     assert events[-1] == "end" and "progress" in events
+    # Each well event carries its result id; Last-Event-ID resumes after it.
+    ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+    assert len(ids) == len(SIX_WELLS) and ids == sorted(ids)
+    resumed_from = {"Last-Event-ID": str(ids[2])}
+    with client.stream(
+        "GET", f"/api/v1/scans/{final['id']}/events", headers=resumed_from
+    ) as stream:
+        resumed = "".join(stream.iter_text())
+    assert [int(line[4:]) for line in resumed.splitlines() if line.startswith("id: ")] == ids[3:]
+
+
+def test_an_event_stream_closes_after_its_time_limit_without_end(settings):
+    """A queued scan's stream does not hold its connection forever (the client reconnects)."""
+    settings.worker_enabled = False  # the scan stays queued
+    settings.events_max_seconds = 1.0
+    with TestClient(create_app(settings)) as client:
+        runtime = client.app.state.runtime
+        with session_scope(runtime.session_factory) as session:
+            key = create_key(session, "events", Role.operator)
+        client.headers["X-API-Key"] = key
+        created = client.post("/api/v1/scans", json={"plate_barcode": "QUEUED-1", "wells": ["A1"]})
+        started = time.monotonic()
+        with client.stream("GET", f"{created.headers['Location']}/events") as stream:
+            text = "".join(stream.iter_text())
+        assert time.monotonic() - started < 10
+    assert "event: progress" in text and "event: end" not in text
 
 
 # -- evaluation ----------------------------------------------------------------------------------

@@ -8,17 +8,18 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import BARCODE_PATTERN, MAX_ID
+from app.schemas.common import BARCODE_PATTERN, MAX_ID, WELL_PATTERN
 from store.orm import Scan, ScanStatus
 
 
 class ScanCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON's true is not the integer 1, nor "2" the integer 2.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     plate_barcode: str = Field(pattern=BARCODE_PATTERN, examples=["MSC-2026-0001"])
     objective: Literal["40x", "100x"] = "40x"
     fields_per_well: int = Field(default=1, ge=1, le=25)
-    wells: list[str] | None = Field(
+    wells: list[Annotated[str, Field(pattern=WELL_PATTERN)]] | None = Field(
         default=None,
         description="Wells to scan (e.g. ['A1', 'B7']); default: all 96.",
         min_length=1,

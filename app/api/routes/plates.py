@@ -42,7 +42,11 @@ def list_plates(
     return wells.list_plates(session, limit=limit, offset=offset, barcode_prefix=barcode_prefix)
 
 
-@router.get("/{barcode}/wells", response_model=PlateWellsPublic)
+@router.get(
+    "/{barcode}/wells",
+    response_model=PlateWellsPublic,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 def plate_wells(
     barcode: BarcodePath,
     session: SessionDep,

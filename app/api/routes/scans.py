@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from app import scans
 from app.api.deps import Operator, RuntimeDep, SessionDep, Viewer
-from app.schemas.common import BARCODE_PATTERN, ScanIdPath
+from app.schemas.common import BARCODE_PATTERN, MAX_ID, ScanIdPath
 from app.schemas.scans import LimitQuery, OffsetQuery, ScanCreate, ScanPage, ScanPublic
 from store.orm import ScanStatus
 
@@ -39,7 +40,9 @@ def start_scan(
     caller: Operator,
     idempotency_key: IdempotencyKey = None,
 ) -> ScanPublic:
-    """Queue a scan of a plate. The worker runs it; follow it at the returned Location."""
+    """Queue a scan of a plate. The worker runs it; follow it at the returned Location.
+    Refused (503, with the reason) while no model can serve: the scan would only wait."""
+    runtime.require_model()
     scan = scans.start_scan(
         session,
         body,
@@ -79,8 +82,21 @@ def cancel(scan_id: ScanIdPath, session: SessionDep, caller: Operator) -> ScanPu
     return ScanPublic.of(scans.cancel(session, scan_id, actor=caller.name))
 
 
-def _event(name: str, data: str) -> str:
-    return f"event: {name}\ndata: {data}\n\n"
+def _event(name: str, data: str, event_id: int | None = None) -> str:
+    id_line = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{id_line}event: {name}\ndata: {data}\n\n"
+
+
+LastEventId = Annotated[
+    int | None,
+    Header(
+        alias="Last-Event-ID",
+        ge=0,
+        le=MAX_ID,
+        description="Resume a stream: only wells committed after this event id (a `well` "
+        "event's id, which a reconnecting EventSource sends by itself).",
+    ),
+]
 
 
 @router.get(
@@ -89,22 +105,34 @@ def _event(name: str, data: str) -> str:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def scan_events(
-    scan_id: ScanIdPath, request: Request, session: SessionDep, runtime: RuntimeDep, _: Viewer
+    scan_id: ScanIdPath,
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    _: Viewer,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
-    """Server-sent events: ``well`` for each committed well result, ``progress`` when the
-    scan's status or progress changes, and a final ``end`` when it is finished."""
+    """Server-sent events: ``well`` (with the result's id as the event id) for each committed
+    well result, ``progress`` when the scan's status or progress changes, and a final ``end``
+    when it is finished.
+
+    A stream lasts at most ``MSCREEN_EVENTS_MAX_SECONDS`` (300 s): a stream without ``end`` has
+    been closed by the server (or a proxy), and the client reconnects with ``Last-Event-ID`` to
+    get only what it has not seen. No connection is held forever by a scan that waits in the
+    queue."""
     scans.scan_or_error(session, scan_id)
     session.close()
+    deadline = time.monotonic() + runtime.settings.events_max_seconds
 
     async def stream() -> AsyncIterator[str]:
-        last_result_id, last_progress = 0, ""
+        last_result_id, last_progress = last_event_id or 0, ""
         while not await request.is_disconnected():
             scan, results = await asyncio.to_thread(
                 scans.snapshot, runtime.session_factory, scan_id, last_result_id
             )
             for result_id, result in results:
                 last_result_id = result_id
-                yield _event("well", result.model_dump_json())
+                yield _event("well", result.model_dump_json(), event_id=result_id)
             progress = scan.model_dump_json()
             if progress != last_progress:
                 last_progress = progress
@@ -112,6 +140,8 @@ async def scan_events(
             if scan.status.finished:
                 yield _event("end", json.dumps({"id": scan.id, "status": scan.status.value}))
                 return
+            if time.monotonic() >= deadline:
+                return  # the client reconnects with Last-Event-ID
             await asyncio.sleep(0.5)
 
     return StreamingResponse(

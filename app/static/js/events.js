@@ -12,6 +12,7 @@ import { showPanel } from "./wellpanel.js";
 
 function parseSseBlock(block) {
   let event = "message";
+  let id = null;
   const data = [];
   for (const line of block.split(/\r\n|\r|\n/)) {
     if (!line || line.startsWith(":")) continue; // comment / keep-alive
@@ -21,8 +22,9 @@ function parseSseBlock(block) {
     if (value.startsWith(" ")) value = value.slice(1);
     if (field === "event") event = value;
     else if (field === "data") data.push(value);
+    else if (field === "id") id = value;
   }
-  return data.length ? { event, data: data.join("\n") } : null;
+  return data.length ? { event, data: data.join("\n"), id } : null;
 }
 
 async function* readSse(response) {
@@ -50,36 +52,51 @@ export function stopStream() {
   state.stream = null;
 }
 
+// The server closes a stream after a few minutes (MSCREEN_EVENTS_MAX_SECONDS) without `end`;
+// the page then reconnects with Last-Event-ID and gets only the wells it has not seen. A stream
+// that keeps closing without sending anything new is given up after a few tries.
+const MAX_QUIET_RECONNECTS = 5;
+
 export async function followScan(scanId) {
   stopStream();
   const controller = new AbortController();
   state.stream = controller;
   let ended = false;
+  let lastEventId = null;
+  let quiet = 0;
   try {
-    const response = await api(`${API}/scans/${scanId}/events`, {
-      signal: controller.signal,
-      headers: { Accept: "text/event-stream" },
-    });
-    for await (const { event, data } of readSse(response)) {
-      const body = JSON.parse(data);
-      if (event === "well") {
-        if (state.scan && body.scan_id !== state.scan.id) continue;
-        state.wells.set(body.well, body);
-        renderWell(body.well);
-        renderSummary();
-        if (body.well === state.selected) showPanel(body.well);
-      } else if (event === "progress") {
-        state.scan = body;
-        renderProgress();
-        renderTitle();
-      } else if (event === "end") {
-        ended = true;
-        const ok = body.status === "completed";
-        const error = state.scan && state.scan.error ? `: ${state.scan.error}` : "";
-        setStatus(`Scan #${body.id} ${body.status}${error}.`, ok ? "ok" : "error");
+    while (!ended && quiet < MAX_QUIET_RECONNECTS) {
+      const headers = { Accept: "text/event-stream" };
+      if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
+      const response = await api(`${API}/scans/${scanId}/events`, {
+        signal: controller.signal,
+        headers,
+      });
+      let received = false;
+      for await (const { event, data, id } of readSse(response)) {
+        received = true;
+        if (id !== null) lastEventId = id;
+        const body = JSON.parse(data);
+        if (event === "well") {
+          if (state.scan && body.scan_id !== state.scan.id) continue;
+          state.wells.set(body.well, body);
+          renderWell(body.well);
+          renderSummary();
+          if (body.well === state.selected) showPanel(body.well);
+        } else if (event === "progress") {
+          state.scan = body;
+          renderProgress();
+          renderTitle();
+        } else if (event === "end") {
+          ended = true;
+          const ok = body.status === "completed";
+          const error = state.scan && state.scan.error ? `: ${state.scan.error}` : "";
+          setStatus(`Scan #${body.id} ${body.status}${error}.`, ok ? "ok" : "error");
+        }
       }
+      quiet = received ? 0 : quiet + 1;
     }
-    if (!ended) setStatus(`The event stream of scan #${scanId} closed early; load the plate again.`, "error");
+    if (!ended) setStatus(`The event stream of scan #${scanId} keeps closing; load the plate again.`, "error");
   } catch (err) {
     if (err.name !== "AbortError") showError(err);
     return;
