@@ -59,6 +59,8 @@ def test_wheel_installs_into_a_fresh_venv_and_scans(tmp_path):
     assert all(Path(p).is_relative_to(purelib) for p in where), where
     installed = purelib / "hardware" / "sim" / "simulated_microscope.cfg"
     assert installed.exists(), "the simulated core's .cfg is not in the wheel"
+    for page_file in ("index.html", "js/main.js", "docs/init.js"):  # the page and /docs
+        assert (purelib / "app" / "static" / page_file).exists(), f"{page_file} not in the wheel"
 
     env = {"PATH": f"{target / 'bin'}:/usr/bin:/bin", "MSCREEN_DATA_DIR": str(tmp_path / "data")}
     out = _run(
