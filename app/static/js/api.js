@@ -35,7 +35,10 @@ function formatDetail(detail) {
       .map((e) => {
         if (!e || typeof e !== "object" || !e.msg) return JSON.stringify(e);
         const where = (e.loc || []).filter((part) => part !== "body").join(".");
-        return where ? `${where}: ${e.msg}` : e.msg;
+        // The value at fault, when it is short enough to read ("Z99"), names what to fix.
+        const value = typeof e.input === "string" || typeof e.input === "number" ? JSON.stringify(e.input) : "";
+        const got = value && value.length <= 40 ? ` (got ${value})` : "";
+        return where ? `${where}: ${e.msg}${got}` : `${e.msg}${got}`;
       })
       .join("; ");
   }
