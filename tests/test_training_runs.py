@@ -135,10 +135,12 @@ def _read(path: Path) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_stray_groups() -> Iterator[None]:
-    """Whatever a test started must be gone after it (no zombie of ours, no group left)."""
+    """Whatever a test started must be gone after it (no zombie of ours, no group left).
+    Zombies left by other test files' processes (already there before) are not this test's."""
+    before = set(zombies_of_this_process())
     yield
     deadline = time.monotonic() + 10
-    while zombies := zombies_of_this_process():
+    while zombies := set(zombies_of_this_process()) - before:
         stats = {pid: _read(Path(f"/proc/{pid}/stat")) for pid in zombies}
         assert time.monotonic() < deadline, f"zombie children of this process: {stats}"
         time.sleep(0.05)
