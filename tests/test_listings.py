@@ -376,14 +376,20 @@ def test_a_cancel_during_a_well_commit_reports_what_stays_committed(service):
             time.sleep(1.0)  # the cancel reaches its UPDATE while the well's commit is open
             gate.release.set()
             cancelled = pending.result(timeout=60)
-        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.status_code in (200, 409), cancelled.text
         _wait_until(lambda: not _running(f"lease-scan-{start.json()['id']}"))
     finally:
         gate.release.set()
         worker.context.image_store = gate.inner
-    answered = cancelled.json()
     after = wait_for_scan(service.client, start.headers["Location"])
     wells = service.client.get(f"{API}/plates/CANCEL-2/wells").json()["wells"]
+    if cancelled.status_code == 409:
+        # On a loaded machine the cancel can arrive only after the last well: then it is
+        # refused, and the scan is complete with every well (the answer is still the truth).
+        assert "already completed" in cancelled.text
+        assert after["status"] == "completed" and after["wells_done"] == len(wells) == 6
+        return
+    answered = cancelled.json()
     assert after["status"] == answered["status"] == "cancelled"
     assert answered["wells_done"] in (4, 5)
     assert after["wells_done"] == answered["wells_done"] == len(wells)
