@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from anyio import to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import ANONYMOUS
 from app.auth import Principal, authenticate
@@ -31,11 +30,6 @@ from store.db import session_scope
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 API_PREFIX = "/api/v1"
 OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})
