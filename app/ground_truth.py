@@ -635,32 +635,55 @@ class _Change:
         )
 
 
-def store_fct(session: Session, plate: Plate, rows: Sequence[FctRow], source: str) -> _Change:
-    """Make ``rows`` the plate's whole FCT: update changed wells, add new ones, delete the
-    wells ``rows`` does not list."""
-    wells = _plate_wells(session, plate)
-    existing = _stored_fct(session, plate)
-    new = {row.well: row for row in rows}
+def _replace_set(
+    session: Session,
+    wells: Mapping[str, Well],
+    existing: Mapping[str, Any],
+    new: Mapping[str, Any],
+    values_of: Callable[[Any], dict[str, Any]],
+    write: Callable[[Any, Any, Well], Any],
+) -> _Change:
+    """Make ``new`` (well -> parsed row) the stored set ``existing`` (well -> ORM row): delete
+    wells it does not list, write the ones that changed (``write(old_or_None, row, well)``
+    returns the ORM row to add), and record the old and new values of each."""
     change = _Change(len(existing), len(new), {}, {})
     for name in wells:
         old, row = existing.get(name), new.get(name)
         if old is not None and row is None:
-            change.before[name] = _fct_values(old)
+            change.before[name] = values_of(old)
             session.delete(old)
-        elif row is not None and (old is None or _fct_values(old) != row.values()):
+        elif row is not None and (old is None or values_of(old) != row.values()):
             if old is not None:
-                change.before[name] = _fct_values(old)
-            measurement = old or FctMeasurement(well_id=wells[name].id)
-            measurement.cd73_pct = row.cd73_pct
-            measurement.cd90_pct = row.cd90_pct
-            measurement.event_count = row.event_count
-            measurement.label = row.label
-            measurement.source = source
-            measurement.measured_at = utcnow()
-            session.add(measurement)
+                change.before[name] = values_of(old)
+            session.add(write(old, row, wells[name]))
             change.after[name] = row.values()
     session.flush()
     return change
+
+
+def store_fct(session: Session, plate: Plate, rows: Sequence[FctRow], source: str) -> _Change:
+    """Make ``rows`` the plate's whole FCT: update changed wells, add new ones, delete the
+    wells ``rows`` does not list."""
+
+    def write(old: FctMeasurement | None, row: FctRow, well: Well) -> FctMeasurement:
+        measurement = old or FctMeasurement(well_id=well.id)
+        measurement.cd73_pct = row.cd73_pct
+        measurement.cd90_pct = row.cd90_pct
+        measurement.event_count = row.event_count
+        measurement.label = row.label
+        measurement.source = source
+        measurement.measured_at = utcnow()
+        return measurement
+
+    new = {row.well: row for row in rows}
+    return _replace_set(
+        session,
+        _plate_wells(session, plate),
+        _stored_fct(session, plate),
+        new,
+        _fct_values,
+        write,
+    )
 
 
 def store_manual(
@@ -668,26 +691,23 @@ def store_manual(
 ) -> _Change:
     """Make ``rows`` ``operator``'s whole set of calls on the plate (other operators' calls
     are untouched)."""
-    wells = _plate_wells(session, plate)
-    existing = _stored_manual(session, plate, operator)
+
+    def write(old: ManualCall | None, row: ManualRow, well: Well) -> ManualCall:
+        call = old or ManualCall(well_id=well.id, operator=operator)
+        call.label = row.label
+        call.seconds_spent = row.seconds_spent
+        call.recorded_at = utcnow()
+        return call
+
     new = {row.well: row for row in rows}
-    change = _Change(len(existing), len(new), {}, {})
-    for name in wells:
-        old, row = existing.get(name), new.get(name)
-        if old is not None and row is None:
-            change.before[name] = _manual_values(old)
-            session.delete(old)
-        elif row is not None and (old is None or _manual_values(old) != row.values()):
-            if old is not None:
-                change.before[name] = _manual_values(old)
-            call = old or ManualCall(well_id=wells[name].id, operator=operator)
-            call.label = row.label
-            call.seconds_spent = row.seconds_spent
-            call.recorded_at = utcnow()
-            session.add(call)
-            change.after[name] = row.values()
-    session.flush()
-    return change
+    return _replace_set(
+        session,
+        _plate_wells(session, plate),
+        _stored_manual(session, plate, operator),
+        new,
+        _manual_values,
+        write,
+    )
 
 
 def _plate_for_upload(session: Session, barcode: str) -> tuple[Plate, bool]:
