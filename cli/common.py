@@ -28,6 +28,22 @@ ApiKeyOption = Annotated[
 ]
 
 
+def parse_channel_list(text: str | None, option: str = "--channels") -> list[int] | None:
+    """``"0,2"`` -> ``[0, 2]``: distinct 0-based channel numbers; None stays None (all)."""
+    if text is None:
+        return None
+    try:
+        picked = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        picked = []
+    if not picked or min(picked) < 0 or len(set(picked)) != len(picked):
+        raise typer.BadParameter(
+            f"expected distinct 0-based channel numbers, comma-separated (e.g. 0,1), got {text!r}",
+            param_hint=option,
+        )
+    return picked
+
+
 def client(server: str, api_key: str | None) -> httpx.Client:
     headers = {"X-API-Key": api_key} if api_key else {}
     return httpx.Client(base_url=server.rstrip("/"), timeout=30, headers=headers)

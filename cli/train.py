@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.settings import get_settings
-from cli.common import UserError, database
+from cli.common import UserError, database, parse_channel_list
 from models.training_spec import TrainingSpec
 
 if TYPE_CHECKING:
@@ -57,6 +57,25 @@ def train(
     size: Annotated[
         int | None,
         typer.Option(help="--source folder: network input height = width (pixels, >= 16)."),
+    ] = None,
+    bit_depth: Annotated[
+        int | None,
+        typer.Option(
+            "--bit-depth",
+            min=8,
+            max=16,
+            help="--source folder: significant bits of 16-bit files that do not state them "
+            "(e.g. 12 for a 12-bit camera); default: the files' metadata, else inferred from "
+            "the folder's maximum.",
+        ),
+    ] = None,
+    channels: Annotated[
+        str | None,
+        typer.Option(
+            "--channels",
+            help="--source folder: channels to use, 0-based, comma-separated (e.g. 0,2); "
+            "default: all. Two or more train one band per channel.",
+        ),
     ] = None,
     ws: Annotated[
         int,
@@ -102,6 +121,8 @@ def train(
             "data": data,
             "group_by": group_by,
             "size": size,
+            "bit_depth": bit_depth,
+            "channels": parse_channel_list(channels),
             "ws": ws,
             "k": k,
             "architecture": architecture,
@@ -205,8 +226,7 @@ def _train_for_run(run_id: int, repository: Path | None) -> None:
         with session_scope(factory) as session:
             if not mark_finished(session, run_id, version=artifact.version):
                 logger.warning(
-                    "training run %d published v%d but was cancelled meanwhile; it stays "
-                    "cancelled",
+                    "training run %d published v%d but was cancelled meanwhile; it stays cancelled",
                     run_id,
                     artifact.version,
                 )

@@ -68,6 +68,11 @@ class TrainingSpec(TrainingRequest):
         default=None, description="folder: regex on file stems naming a group ('celltype')"
     )
     size: Annotated[int, Field(ge=16)] | None = None  # folder: network input height = width
+    # folder: significant bits of 16-bit files that do not state them (None: from the files'
+    # metadata, else inferred from the folder's maximum) and which channels to use (0-based;
+    # None: all; two or more train one band per channel).
+    bit_depth: Annotated[int, Field(ge=8, le=16)] | None = None
+    channels: Annotated[list[Annotated[int, Field(ge=0, le=63)]], Field(min_length=1)] | None = None
     architecture: str = "scnn"
     # 1 = no spatial-spectral neighbours (the default, see docs/experiments.md, HSM ablation);
     # 9 with k = 12 = the paper's HSM.

@@ -13,7 +13,6 @@ from training.imagesets import (
     CELLTYPE_GROUP_PATTERN,
     database_image_set,
     image_folder_set,
-    read_frame,
 )
 
 PIPELINE = PipelineConfig(height=32, width=32, ws=3, k=4)
@@ -88,22 +87,6 @@ def test_named_group_and_pattern_mismatch(folder):
     assert data.groups.tolist()[:3] == ["000007", "000007", "000008"]
     with pytest.raises(ValueError, match=r"does not match file name 293A-000007\.j-1-12\.png"):
         image_folder_set(folder, PIPELINE, group_by=r"^XYZ", workers=1)
-
-
-def test_multichannel_frames_become_grey(tmp_path, monkeypatch):
-    # OpenCV cannot *write* a 2- or 5-channel TIFF, but microscopes do; fake what imread returns.
-    planes = np.stack([_cells(0), _cells(0) // 2 + 10], axis=2).astype(np.uint16)
-    monkeypatch.setattr("training.imagesets.folder.cv2.imread", lambda path, flags: planes)
-    frame = read_frame(tmp_path / "two.tif")
-    expected = np.rint((planes[:, :, 0].astype(float) + planes[:, :, 1]) / 2).astype(np.uint16)
-    assert frame.dtype == np.uint16 and np.array_equal(frame, expected)
-    bgra = np.zeros((4, 5, 4), np.uint8)
-    monkeypatch.setattr("training.imagesets.folder.cv2.imread", lambda path, flags: bgra)
-    assert read_frame(tmp_path / "x.png").shape == (4, 5, 3)
-    floats = np.zeros((4, 5), np.float32)
-    monkeypatch.setattr("training.imagesets.folder.cv2.imread", lambda path, flags: floats)
-    with pytest.raises(ValueError, match=r"x\.tif: unsupported pixel type float32"):
-        read_frame(tmp_path / "x.tif")
 
 
 def test_clear_errors(tmp_path, folder):
@@ -281,3 +264,38 @@ def test_train_command_on_an_image_folder(tmp_path):
     assert missing.exit_code != 0 and "--data" in str(missing.exception)
     bad = CliRunner().invoke(cli, ["train", "--ws", "3", "--k", "12", "--epochs", "1"])
     assert bad.exit_code != 0 and "k" in str(bad.exception)
+
+
+def test_train_command_on_a_12_bit_two_channel_ome_tiff_folder(tmp_path):
+    """Channel-first OME-TIFFs from a 12-bit camera: no flags needed; the card says how."""
+    import tifffile
+    from typer.testing import CliRunner
+
+    from cli.main import cli
+
+    root = tmp_path / "data"
+    for c, name in enumerate(["lineA", "lineB"]):
+        for group in range(3):
+            for index in range(2):
+                seed = 100 * c + 10 * group + index
+                grey = _cells(seed).astype(np.uint16) * 16  # 8-bit texture at 12-bit scale
+                planes = np.stack([grey, (grey // 2 + 200) if c else grey])  # (C, Y, X)
+                path = root / name / f"{name}-{group}-{index}.ome.tif"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(path, planes, ome=True, metadata={"axes": "CYX"})
+    args = [
+        "train", "--source", "folder", "--data", str(root), "--size", "32",
+        "--group-by", r"^([^-]+-\d+)", "--epochs", "1",
+        "--repository", str(tmp_path / "repo"), "--name", "two-channel",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "repo" / "two-channel" / "1" / "model_card.json").read_text())
+    assert card["pipeline"]["band_source"] == "channels" and card["pipeline"]["channels"] == 2
+    assert card["data"]["bit_depth"] == 12  # inferred: max 255 * 16 = 4080 < 4096
+    assert card["data"]["bit_depth_source"].startswith("inferred")
+
+    one = CliRunner().invoke(cli, [*args[:-1], "one-channel", "--channels", "1"])
+    assert one.exit_code == 0, one.output
+    card = json.loads((tmp_path / "repo" / "one-channel" / "1" / "model_card.json").read_text())
+    assert card["pipeline"]["band_source"] == "filter_bank" and card["data"]["channels"] == [1]

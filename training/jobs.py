@@ -22,6 +22,7 @@ from training.imagesets import (
     CELLTYPE_GROUP_PATTERN,
     ImageSet,
     database_image_set,
+    folder_image_info,
     image_folder_set,
     simulated_barcodes,
     simulated_image_set,
@@ -190,17 +191,44 @@ def database_training_data(
     )
 
 
+def folder_pipeline(
+    root: Path, pipeline: PipelineConfig, channels: Sequence[int] | None = None
+) -> PipelineConfig:
+    """``pipeline`` for the files under ``root``: one band per acquired channel
+    (``band_source="channels"``) when the chosen channels (default: all of the first file's) are
+    two or more and not colour; otherwise ``pipeline`` unchanged (grey or colour frames)."""
+    info = folder_image_info(root)
+    count = len(channels) if channels is not None else info.channels
+    if count >= 2 and not info.colour:
+        logger.info("%s: %d acquired channels, one band each", root, count)
+        return replace(pipeline, band_source="channels", channels=count)
+    return pipeline
+
+
 def folder_training_data(
     root: Path,
     pipeline: PipelineConfig,
     *,
     group_by: str | None = None,
+    bit_depth: int | None = None,
+    channels: Sequence[int] | None = None,
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
 ) -> TrainingData:
-    """An ImageFolder tree (two class subfolders), split by ``group_by`` groups."""
-    data = image_folder_set(root, pipeline, group_by=group_by, workers=workers, progress=progress)
+    """An ImageFolder tree (two class subfolders), split by ``group_by`` groups.
+
+    ``bit_depth`` / ``channels``: as :func:`training.imagesets.image_folder_set`.
+    """
+    data = image_folder_set(
+        root,
+        pipeline,
+        group_by=group_by,
+        bit_depth=bit_depth,
+        channels=channels,
+        workers=workers,
+        progress=progress,
+    )
     parts = split_by_group(data, seed=seed)
     return TrainingData(
         *parts,
@@ -210,6 +238,9 @@ def folder_training_data(
             "class_names": list(data.class_names),
             "label_1_means": data.class_names[1],
             "group_pattern": group_by,
+            "bit_depth": data.bit_depth,
+            "bit_depth_source": data.bit_depth_source,
+            "channels": list(channels) if channels is not None else None,
             **_split_provenance(parts),
         },
         intended_use=(
@@ -321,8 +352,15 @@ def run_training(
         if spec.size is not None:
             pipeline = replace(pipeline, height=spec.size, width=spec.size)
         pattern = CELLTYPE_GROUP_PATTERN if spec.group_by == "celltype" else spec.group_by
+        pipeline = folder_pipeline(spec.data, pipeline, spec.channels)
         data = folder_training_data(
-            spec.data, pipeline, group_by=pattern, seed=spec.seed, progress=progress
+            spec.data,
+            pipeline,
+            group_by=pattern,
+            bit_depth=spec.bit_depth,
+            channels=spec.channels,
+            seed=spec.seed,
+            progress=progress,
         )
     return train_and_publish(
         data,

@@ -82,9 +82,7 @@ def database_image_set(
     from store.orm import FctMeasurement, Image, Plate, Well
 
     query = (
-        select(
-            Image.path, Image.sha256, Image.scan_id, Image.field_index, Well.name, Plate.barcode
-        )
+        select(Image.path, Image.sha256, Image.scan_id, Image.field_index, Well.name, Plate.barcode)
         .add_columns(FctMeasurement.label)
         .join(Well, Image.well_id == Well.id)
         .join(Plate, Well.plate_id == Plate.id)
