@@ -45,6 +45,13 @@ class WellClassifier:
         self.config = model.pipeline_config
 
     def classify(self, fields: list[AcquiredField]) -> WellCall:
+        """Prepare every field with the model's pipeline, infer once, aggregate.
+
+        Raises:
+            ValueError: the fields' channels do not fit the model (see :meth:`check_channels`).
+        """
+        for f in fields:
+            self.check_channels(f)
         started = time.perf_counter()
         # Each frame is scaled by its own camera's bit depth, recorded when it was acquired.
         prepared = [prepare(f.image, self.config, bit_depth=f.bit_depth) for f in fields]
@@ -76,6 +83,36 @@ class WellClassifier:
             preprocessing_ms=preprocessing_ms,
             inference_ms=inference_ms,
         )
+
+    def check_channels(self, field: AcquiredField) -> None:
+        """Refuse a field whose channels the model cannot take, naming the fix.
+
+        A ``band_source="channels"`` model needs (H, W, C) frames with its C; any other model
+        needs one frame per field: a multi-channel acquisition (``metadata["channels"]``) must
+        not be read as a BGR colour frame or fail deep in the pipeline.
+
+        Raises:
+            ValueError: the mismatch and the setting that fixes it.
+        """
+        config = self.config
+        image = field.image
+        acquired = field.channel_names if "channels" in field.metadata else ()
+        fix = "set MSCREEN_ACQUISITION_CHANNELS to the channels the model was trained on"
+        if config.band_source == "channels":
+            count = image.shape[2] if image.ndim == 3 else 1
+            if count < 2 or (config.channels is not None and count != config.channels):
+                expected = config.channels if config.channels is not None else ">= 2"
+                raise ValueError(
+                    f"the model takes {expected}-channel frames (band_source='channels'), "
+                    f"{field.well} field {field.field_index} has {count} channel(s) "
+                    f"{list(acquired)}: {fix}"
+                )
+        elif acquired:
+            raise ValueError(
+                f"the model takes one frame per field (band_source={config.band_source!r}), "
+                f"{field.well} field {field.field_index} was acquired in channels "
+                f"{list(acquired)}: {fix}, or leave it empty"
+            )
 
 
 def _required(array: np.ndarray | None) -> np.ndarray:

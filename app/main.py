@@ -15,7 +15,7 @@ from app.api.docs import install_docs
 from app.api.errors import API_ERRORS, COMMON_ERRORS, install_error_handlers
 from app.api.guard import RequestGuard
 from app.api.headers import SecurityHeaders
-from app.api.routes import audit, evaluation, health, keys, models, plates, scans
+from app.api.routes import audit, evaluation, health, imports, keys, models, plates, scans
 from app.api.routes import ground_truth as ground_truth_routes
 from app.runtime import build_runtime
 from app.settings import Settings, get_settings
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models.router,
         keys.router,
         audit.router,
+        imports.router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_ERRORS | API_ERRORS)
     app.include_router(health.router, prefix=API_PREFIX)

@@ -12,9 +12,13 @@ from models.pipeline import normalise, prepare, to_uint8
 def image_png(frame: np.ndarray, bit_depth: int | None) -> bytes:
     """The frame as an 8-bit PNG at camera resolution (display copy; the raw frame is kept).
 
-    ``bit_depth``: significant bits of the stored frame's pixel values (None: its dtype's).
+    ``bit_depth``: significant bits of the stored frame's pixel values (None: its dtype's). A
+    multi-channel frame (H, W, C) shows its channels side by side, in order, as grey images:
+    stored frames are acquired channels, never colour.
     """
     frame8 = to_uint8(frame, bit_depth)
+    if frame8.ndim == 3:
+        frame8 = np.ascontiguousarray(np.hstack([frame8[:, :, c] for c in range(frame8.shape[2])]))
     return _encode(frame8)
 
 

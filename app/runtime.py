@@ -183,6 +183,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         mm_config=settings.mm_config,
         mm_port=settings.mm_port,
         camera_bit_depth=settings.camera_bit_depth,
+        acquisition_channels=settings.acquisition_channels,
     )
 
 

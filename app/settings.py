@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from hardware.backends import get_backend
+from hardware.microscope import check_channels
 from models.repository import BUNDLED_REPOSITORY
 from store.settings import StoreSettings
 
@@ -44,6 +46,12 @@ class Settings(StoreSettings):
     mm_port: int = Field(default=4827, description="Port of a running Micro-Manager.")
     camera_bit_depth: int | None = Field(
         default=None, ge=8, le=16, description="Real camera's bit depth (default: 16 for uint16)."
+    )
+    acquisition_channels: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Channel-group presets every field is acquired through, comma separated "
+        "(e.g. 'Phase,Brightfield'), for a band_source='channels' model; empty: one frame per "
+        "field. The simulators offer Phase, Brightfield, Phase+2um, Phase-2um.",
     )
     plate_a1_x_um: float = Field(
         default=14380.0, description="Stage x of well A1's centre, um (plate calibration)."
@@ -113,6 +121,23 @@ class Settings(StoreSettings):
         default=False,
         description="Development only: every caller is an anonymous admin. Refused in production.",
     )
+    import_root: Path | None = Field(
+        default=None,
+        description="Folder the API may import plates from (POST /imports takes paths under "
+        "it); unset: imports over the API are off (403), `mscreen import DIR` still works.",
+    )
+
+    @field_validator("acquisition_channels", mode="before")
+    @classmethod
+    def _channel_list(cls, value: object) -> object:
+        if isinstance(value, str):  # MSCREEN_ACQUISITION_CHANNELS=Phase,Brightfield
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("acquisition_channels")
+    @classmethod
+    def _valid_channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_channels(value)  # ValueError naming what is wrong
 
     @field_validator("microscope")
     @classmethod
@@ -130,7 +155,6 @@ class Settings(StoreSettings):
                 "PostgreSQL; SQLite is for a single workstation"
             )
         return self
-
 
 
 @lru_cache

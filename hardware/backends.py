@@ -26,6 +26,10 @@ class BackendOptions:
         mm_port: port of a running Micro-Manager's ZMQ server.
         camera_bit_depth: significant bits of a real camera's pixel values (None: the dtype's
             full range).
+        acquisition_channels: channel-group presets to expose every field through (each field
+            is then one (H, W, C) image, for a ``band_source="channels"`` model); empty: one
+            frame per field, as always. Simulators offer "Phase", "Brightfield", "Phase+2um",
+            "Phase-2um"; a real Micro-Manager needs a config group "Channel" with these presets.
     """
 
     simulation_seed: int = 0
@@ -33,6 +37,7 @@ class BackendOptions:
     mm_config: Path | None = None
     mm_port: int = 4827
     camera_bit_depth: int | None = None
+    acquisition_channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ def _simulated_bit_depth(options: BackendOptions) -> int:
 def _simulated(options: BackendOptions) -> PlateScanner:
     from hardware.sim import SimulatedMicroscope, SimulationConfig
 
-    return StepScanner(SimulatedMicroscope(SimulationConfig(seed=options.simulation_seed)))
+    microscope = SimulatedMicroscope(SimulationConfig(seed=options.simulation_seed))
+    return StepScanner(microscope, channels=options.acquisition_channels)
 
 
 def _pycromanager_sim(options: BackendOptions) -> PlateScanner:
@@ -99,14 +105,25 @@ def _pycromanager_sim(options: BackendOptions) -> PlateScanner:
     return PycromanagerScanner(
         core=core,
         load_plate=lambda barcode: set_plate(core, barcode),
-        settings=PycromanagerSettings(camera_bit_depth=config.bit_depth),
+        settings=PycromanagerSettings(
+            camera_bit_depth=config.bit_depth, channels=_sim_channels(options)
+        ),
     )
+
+
+def _sim_channels(options: BackendOptions) -> tuple[str, ...]:
+    """The requested channels, checked against the simulator's presets now (not mid-scan)."""
+    from hardware.sim.channels import check_sim_channels
+
+    return tuple(c.name for c in check_sim_channels(options.acquisition_channels))
 
 
 def _pycromanager(options: BackendOptions) -> PlateScanner:
     from hardware.pycromanager import PycromanagerScanner, PycromanagerSettings
 
-    settings = PycromanagerSettings(camera_bit_depth=options.camera_bit_depth)
+    settings = PycromanagerSettings(
+        camera_bit_depth=options.camera_bit_depth, channels=options.acquisition_channels
+    )
     if options.mm_app_path is not None:
         if options.mm_config is None:
             raise ValueError("MSCREEN_MM_APP_PATH needs MSCREEN_MM_CONFIG (the hardware .cfg)")

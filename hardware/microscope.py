@@ -8,6 +8,12 @@ Two layers, in the spirit of pymmcore-plus's MDA engine protocol:
   time. :class:`StepScanner` does this with any :class:`Microscope`; a driver with its own
   acquisition engine (pycromanager) implements :class:`PlateScanner` directly.
 
+Channels: a single-channel scan snaps (H, W) frames through whatever light path the microscope
+is in. A scanner configured with channel names (Micro-Manager's channel group presets, e.g.
+``("Phase", "Brightfield")``) exposes every field once per channel and delivers one (H, W, C)
+frame per field, channel c through ``channels[c]``; the names travel in the field's
+``metadata["channels"]`` (:attr:`AcquiredField.channel_names`).
+
 A failure that affects one well is raised as :class:`WellAcquisitionError` (recoverable: that well
 is recorded as failed and the plate goes on); anything else aborts the scan.
 """
@@ -86,6 +92,38 @@ class Microscope(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ChannelMicroscope(Microscope, Protocol):
+    """A :class:`Microscope` that can switch light paths (a channel group's presets)."""
+
+    def set_channel(self, channel: str) -> None:
+        """Snap through light path ``channel`` from now on; ValueError for an unknown one."""
+        ...
+
+
+def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+    """Channel names as a tuple, checked: unique non-empty strings, at most
+    :data:`MAX_CHANNELS`; empty means one frame through the current light path.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    if isinstance(channels, str):
+        raise ValueError(f"channels must be a sequence of names, got the string {channels!r}")
+    names = tuple(channels)
+    if any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ValueError(f"channel names must be non-empty strings, got {list(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"channel names must be unique, got {list(names)}")
+    if len(names) > MAX_CHANNELS:
+        raise ValueError(f"at most {MAX_CHANNELS} channels per field, got {len(names)}")
+    return names
+
+
+MAX_CHANNELS = 8
+"""Most channels one field may have."""
+
+
 @dataclass(frozen=True)
 class ScanPlan:
     """What to acquire: which wells, how many fields each, at which objective.
@@ -124,6 +162,19 @@ class AcquiredField:
     bit_depth: int | None = None
     metadata: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Names of the channels of an (H, W, C) image, in order: ``metadata["channels"]``
+        when the acquisition recorded them, else ``channel_0`` ... ``channel_{C-1}``; () for a
+        single-channel (H, W) image."""
+        if self.image.ndim != 3:
+            return ()
+        recorded = self.metadata.get("channels")
+        count = int(self.image.shape[2])
+        if isinstance(recorded, list | tuple) and len(recorded) == count:
+            return tuple(str(name) for name in recorded)
+        return tuple(f"channel_{c}" for c in range(count))
+
 
 @dataclass
 class WellAcquisition:
@@ -147,16 +198,34 @@ class PlateScanner(Protocol):
 
 
 class StepScanner:
-    """Acquires a plan well by well with a :class:`Microscope`: move, snap, next.
+    """Acquires a plan well by well with a :class:`Microscope`: move, snap (once per channel),
+    next.
 
     Args:
         microscope: the device layer.
         retries: extra attempts per field after a :class:`WellAcquisitionError`.
+        channels: light paths to expose every field through, in order (the microscope must be
+            a :class:`ChannelMicroscope`); the field's image is then (H, W, C). Empty (default):
+            one (H, W) snap per field through the current light path.
+
+    Raises:
+        ValueError: bad channel names, or channels for a microscope that cannot switch them.
     """
 
-    def __init__(self, microscope: Microscope, *, retries: int = 1) -> None:
+    def __init__(
+        self, microscope: Microscope, *, retries: int = 1, channels: Sequence[str] = ()
+    ) -> None:
         self.microscope = microscope
         self.retries = retries
+        self.channels = check_channels(channels)
+        if self.channels:
+            if not isinstance(microscope, ChannelMicroscope):
+                raise ValueError(
+                    f"microscope {microscope.name!r} cannot switch channels; "
+                    f"acquire {list(self.channels)} with one that has set_channel()"
+                )
+            for name in self.channels:  # an unknown channel fails here, not in the first well
+                microscope.set_channel(name)
 
     def scan(
         self, plan: ScanPlan, should_stop: Callable[[], bool] = lambda: False
@@ -188,7 +257,7 @@ class StepScanner:
             started = time.perf_counter()
             try:
                 self.microscope.move_to(x, y)
-                image = self.microscope.snap(well, index)
+                image = self._snap(well, index)
             except WellAcquisitionError:
                 if attempt == self.retries:
                     raise
@@ -205,6 +274,24 @@ class StepScanner:
                 acquired_at=datetime.now(UTC),
                 acquisition_ms=(time.perf_counter() - started) * 1000.0,
                 bit_depth=self.microscope.bit_depth,
-                metadata={"microscope": self.microscope.name, "barcode": plan.barcode},
+                metadata=self._metadata(plan),
             )
         raise AssertionError("unreachable")  # the loop either returns or re-raises
+
+    def _snap(self, well: str, index: int) -> np.ndarray:
+        """One (H, W) frame, or with channels one exposure per channel stacked to (H, W, C)."""
+        if not self.channels:
+            return self.microscope.snap(well, index)
+        microscope = self.microscope
+        assert isinstance(microscope, ChannelMicroscope)  # checked in __init__
+        planes = []
+        for name in self.channels:
+            microscope.set_channel(name)
+            planes.append(microscope.snap(well, index))
+        return np.ascontiguousarray(np.stack(planes, axis=-1))
+
+    def _metadata(self, plan: ScanPlan) -> dict[str, object]:
+        metadata: dict[str, object] = {"microscope": self.microscope.name, "barcode": plan.barcode}
+        if self.channels:
+            metadata["channels"] = list(self.channels)
+        return metadata

@@ -9,13 +9,20 @@ writer so that ``ome_zarr.reader`` (and so napari's ome-zarr plugin) reads it ba
                 s0    (H, W) full resolution, as acquired
                 s1    (H/2, W/2) 2x2 mean, for overviews
 
+Multi-channel fields (an (H, W, C) frame from a scan through several channels) are stored
+channel-first as NGFF wants them: axes (c, y, x), s0 (C, H, W), s1 (C, H/2, W/2), plus an
+``omero`` block naming each channel (``AcquiredField.channel_names``) with a display window
+over the camera's bit depth, so napari shows them as named channels. :meth:`ImageStore.load`
+gives them back channels-last, (H, W, C), as the pipeline takes them. Single-channel fields are
+written exactly as before (axes (y, x), no omero block).
+
 Format: OME-NGFF 0.5 on zarr v3 by default (what ome-zarr 0.18 writes and reads by default);
 ``ngff_version="0.4"`` writes NGFF 0.4 on zarr v2 for viewers that do not read 0.5 yet.
 
-Coordinates: axes are (y, x) in micrometres. Each level's ``scale`` is its pixel size in um, and
-its ``translation`` puts pixel (0, 0)'s centre at its stage position in um (the field's centre is
-at the stage position the microscope reported; image x runs along stage x, image y along stage
-y, as in :mod:`hardware.plate`).
+Coordinates: spatial axes are (y, x) in micrometres (a channel axis has scale 1). Each level's
+``scale`` is its pixel size in um, and its ``translation`` puts pixel (0, 0)'s centre at its
+stage position in um (the field's centre is at the stage position the microscope reported;
+image x runs along stage x, image y along stage y, as in :mod:`hardware.plate`).
 
 The plate lists only wells that have at least one stored field, and a well lists only fields
 that are stored, so that a partial, failed or resumed scan always reads back (ome-zarr's plate
@@ -25,7 +32,8 @@ lists always name the whole 96-well grid.
 Checksums: :attr:`StoredImage.sha256` is the SHA-256 of the full-resolution pixels, C-order,
 little-endian, in the acquired dtype (uint16 from our cameras; uint8 is kept as uint8), i.e.
 ``hashlib.sha256(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()).hexdigest()``
-where ``a = zarr.open_group(path)["s0"][...]``: anyone can check it from the zarr data alone.
+where ``a = zarr.open_group(path)["s0"][...]`` (for multi-channel fields: the stored (C, H, W)
+array): anyone can check it from the zarr data alone.
 
 Crash safety: zarr's local store writes every file (chunk or metadata) to a temporary name and
 renames it, so no file is ever half-written. A field is written before its well lists it, and
@@ -52,7 +60,7 @@ from ome_zarr.writer import (
     write_well_metadata,
 )
 
-from hardware.microscope import AcquiredField
+from hardware.microscope import MAX_CHANNELS, AcquiredField
 from hardware.plate import SBS_96, PlateGeometry
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ logger = logging.getLogger(__name__)
 NgffVersion = Literal["0.4", "0.5"]
 
 _AXES = ("y", "x")
+_CHANNEL_AXES = ("c", "y", "x")
 _UNITS = {"y": "micrometer", "x": "micrometer"}
 # Largest zarr chunk edge, in pixels: a typical frame (528 x 720 uint16, ~0.75 MB) is one chunk
 # per level, as it is always read whole; larger cameras are tiled.
@@ -116,15 +125,12 @@ class ImageStore:
         """Write one field into its scan's plate and return its image group path and checksum.
 
         ``fields_per_well`` is the scan's planned fields per well (the plate's field count).
-        Raises ValueError for a frame that is not 2-D uint8/uint16 or a field index outside
-        the plan.
+        ``field.image`` is (H, W), or (H, W, C) with 2 <= C <= :data:`MAX_CHANNELS` channels
+        (stored as (C, H, W), see the module docstring); (H, W, 1) is stored as (H, W).
+        Raises ValueError for another shape, a dtype other than uint8/uint16, or a field index
+        outside the plan.
         """
-        image = field.image
-        if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-            raise ValueError(
-                f"{field.well} field {field.field_index}: expected a 2-D uint8 or uint16 frame, "
-                f"got {image.dtype} {image.shape}"
-            )
+        image = _stored_pixels(field)
         if not 0 <= field.field_index < fields_per_well:
             raise ValueError(
                 f"{field.well}: field index {field.field_index} outside 0..{fields_per_well - 1}"
@@ -136,7 +142,9 @@ class ImageStore:
         plate = self._open_plate(self.plate_path(barcode, scan_id))
         well = plate.require_group(self._rows[row]).require_group(self._columns[column])
         image_group = well.require_group(field_path)
-        self._write_field(image_group, field, name=f"{barcode} {field.well} field {field_path}")
+        self._write_field(
+            image_group, field, image, name=f"{barcode} {field.well} field {field_path}"
+        )
         write_well_metadata(
             well,
             [{"path": p, "acquisition": scan_id} for p in _stored_fields(well)],
@@ -150,7 +158,8 @@ class ImageStore:
 
     @staticmethod
     def load(path: str | Path, *, sha256: str | None = None) -> np.ndarray:
-        """The full-resolution frame (H, W) of the image group at ``path``.
+        """The full-resolution frame of the image group at ``path``: (H, W), or (H, W, C)
+        channels-last for a multi-channel field (stored (C, H, W); see :meth:`channel_names`).
 
         With ``sha256`` (the checksum recorded when the field was written) the pixels read are
         checked against it. That is the only reliable check that every chunk is still there:
@@ -173,19 +182,41 @@ class ImageStore:
             array = group[multiscales[0]["datasets"][0]["path"]]
             if not isinstance(array, zarr.Array):
                 raise CorruptImageError("its full-resolution level is not an array")
-            frame = np.asarray(array[...])
+            stored = np.asarray(array[...])
+            axes = [axis.get("name") for axis in multiscales[0].get("axes", [])]
         except CorruptImageError:
             raise
         except Exception as exc:  # zarr and its codecs raise many types for damaged files
             logger.warning("stored image %s cannot be read: %s: %s", path, type(exc).__name__, exc)
             raise CorruptImageError(f"unreadable metadata or chunk ({type(exc).__name__})") from exc
-        if sha256 is not None and pixel_sha256(frame) != sha256.lower():
+        if sha256 is not None and pixel_sha256(stored) != sha256.lower():
             logger.warning("stored image %s does not match its recorded SHA-256", path)
             raise CorruptImageError(
                 "its pixels do not match the SHA-256 recorded when it was written "
                 "(a chunk is missing or was changed)"
             )
-        return frame
+        if list(axes) == list(_CHANNEL_AXES) and stored.ndim == 3:
+            return np.ascontiguousarray(stored.transpose(1, 2, 0))
+        if stored.ndim != 2:
+            raise CorruptImageError(f"axes {axes} with a {stored.ndim}-D array are not an image")
+        return stored
+
+    @staticmethod
+    def channel_names(path: str | Path) -> tuple[str, ...]:
+        """Names of the channels of the image group at ``path``, in the order of the last axis
+        of :meth:`load` (its ``omero`` channel labels); () for a single-channel field.
+
+        Raises FileNotFoundError if nothing is stored at ``path``, CorruptImageError if its
+        metadata cannot be read.
+        """
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"no image stored at {path}")
+        try:
+            attrs = _ome_attrs(zarr.open_group(str(path), mode="r"))
+        except Exception as exc:  # zarr raises many types for damaged metadata
+            raise CorruptImageError(f"unreadable metadata ({type(exc).__name__})") from exc
+        channels = (attrs.get("omero") or {}).get("channels") or []
+        return tuple(str(ch.get("label", f"channel_{i}")) for i, ch in enumerate(channels))
 
     @classmethod
     def verify(cls, path: str | Path, sha256: str) -> bool:
@@ -215,27 +246,40 @@ class ImageStore:
             )
         return group
 
-    def _write_field(self, group: zarr.Group, field: AcquiredField, *, name: str) -> None:
-        height, width = field.image.shape
+    def _write_field(
+        self, group: zarr.Group, field: AcquiredField, image: np.ndarray, *, name: str
+    ) -> None:
+        """Write ``image`` ((H, W), or (C, H, W) for a multi-channel field) with its pyramid
+        and metadata into ``group``."""
+        height, width = image.shape[-2:]
         pixel_um = float(field.pixel_size_um)
+        multi = image.ndim == 3
+        axes = list(_CHANNEL_AXES if multi else _AXES)
+        scale = {"y": pixel_um, "x": pixel_um}
+        extra: dict[str, Any] = {}
+        if multi:
+            scale = {"c": 1.0, **scale}
+            extra["omero"] = _omero(field.channel_names, image.dtype, field.bit_depth)
         write_image(
-            field.image,
+            image,
             group,
             scale_factors=[2**level for level in range(1, _LEVELS)],
             method=Methods.LOCAL_MEAN,
             fmt=self._fmt,
-            axes=list(_AXES),
-            scale={"y": pixel_um, "x": pixel_um},
+            axes=axes,
+            scale=scale,
             axes_units=_UNITS,
             storage_options=[
                 # Re-saving a field (resume after a crash) replaces its arrays in place.
-                {"chunks": _chunks(field.image.shape, level), "overwrite": True}
+                {"chunks": _chunks(image.shape, level), "overwrite": True}
                 for level in range(_LEVELS)
             ],
             name=name,
+            **extra,
         )
         # write_image places pixel (0, 0) of s0 at the origin; shift every level to the stage.
         origin = (
+            *([0.0] if multi else []),
             float(field.y_um) - (height - 1) / 2.0 * pixel_um,
             float(field.x_um) - (width - 1) / 2.0 * pixel_um,
         )
@@ -249,13 +293,13 @@ class ImageStore:
                     for t in dataset["coordinateTransformations"]
                     if t["type"] == "translation"
                 ),
-                [0.0, 0.0],
+                [0.0] * len(origin),
             )
             shifted = [o + d for o, d in zip(origin, offset, strict=True)]
             transforms.append({"type": "translation", "translation": shifted})
             dataset["coordinateTransformations"] = transforms
         write_multiscales_metadata(
-            group, datasets=datasets, fmt=self._fmt, axes=list(_AXES), axes_units=_UNITS, name=name
+            group, datasets=datasets, fmt=self._fmt, axes=axes, axes_units=_UNITS, name=name
         )
 
     def _list_well(
@@ -283,8 +327,49 @@ class ImageStore:
 
 
 def _chunks(shape: tuple[int, ...], level: int) -> tuple[int, ...]:
-    """Chunk shape of pyramid level ``level``: the whole level, up to ``_CHUNK_PX`` a side."""
-    return tuple(min(-(-n // 2**level), _CHUNK_PX) for n in shape)
+    """Chunk shape of pyramid level ``level``: the whole level, up to ``_CHUNK_PX`` a side
+    (every channel of a (C, H, W) image in the same chunk: a field is read whole)."""
+    spatial = tuple(min(-(-n // 2**level), _CHUNK_PX) for n in shape[-2:])
+    return (*shape[:-2], *spatial)
+
+
+def _stored_pixels(field: AcquiredField) -> np.ndarray:
+    """The array to write for ``field``: its (H, W) frame, or its (H, W, C) frame channel-first
+    as (C, H, W); (H, W, 1) as (H, W).
+
+    Raises ValueError for any other shape or a dtype other than uint8/uint16.
+    """
+    image = field.image
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    channels_ok = image.ndim == 3 and 2 <= image.shape[2] <= MAX_CHANNELS
+    if (image.ndim != 2 and not channels_ok) or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"{field.well} field {field.field_index}: expected an (H, W) or, with "
+            f"2..{MAX_CHANNELS} channels, an (H, W, C) uint8 or uint16 frame, "
+            f"got {image.dtype} {image.shape}"
+        )
+    if image.ndim == 3:
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+    return image
+
+
+def _omero(names: tuple[str, ...], dtype: np.dtype, bit_depth: int | None) -> dict[str, Any]:
+    """NGFF's transitional ``omero`` block: one greyscale channel per name, displayed over the
+    camera's range (``bit_depth`` bits, else the dtype's)."""
+    top = 2 ** (bit_depth or 8 * dtype.itemsize) - 1
+    return {
+        "channels": [
+            {
+                "label": name,
+                "color": "FFFFFF",
+                "active": True,
+                "window": {"min": 0, "max": top, "start": 0, "end": top},
+            }
+            for name in names
+        ],
+        "rdefs": {"model": "greyscale"},
+    }
 
 
 def _ome_attrs(group: zarr.Group) -> dict[str, Any]:

@@ -131,9 +131,7 @@ def list_plates(
         conditions.append(func.substr(Plate.barcode, 1, len(barcode_prefix)) == barcode_prefix)
     total = session.scalar(select(func.count(Plate.id)).where(*conditions)) or 0
     newest = (
-        select(Scan.plate_id, func.max(Scan.id).label("scan_id"))
-        .group_by(Scan.plate_id)
-        .subquery()
+        select(Scan.plate_id, func.max(Scan.id).label("scan_id")).group_by(Scan.plate_id).subquery()
     )
     has_fct = (
         exists()

@@ -6,7 +6,9 @@ channels=[objective])``: one event per field, labelled with the well name (``"B7
 several fields per well, Micro-Manager's HCS site name (``"B7-Site_0"``). Frames arrive through
 pycromanager's ``image_process_fn`` (which keeps them out of pycromanager's own storage) into a
 queue; the scan generator groups them into wells and yields each well as soon as its fields are
-in, while the acquisition goes on in pycromanager's threads.
+in, while the acquisition goes on in pycromanager's threads. With ``PycromanagerSettings.channels``
+the events loop the presets of the channel group ("Channel") per field instead, and each field
+arrives as one (H, W, C) image.
 
 * :mod:`hardware.pycromanager.scanner`: :class:`PycromanagerScanner`, where the engine runs and
   what stops a scan.

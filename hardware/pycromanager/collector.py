@@ -3,7 +3,9 @@
 Frames arrive through pycromanager's ``image_process_fn`` (which keeps them out of
 pycromanager's own storage) into a queue, together with what the hooks and the lost-frame
 callback report (:class:`_Run`); :class:`_Collector` groups them into wells, in plan order, and
-turns each frame's tags into an :class:`hardware.microscope.AcquiredField`.
+turns each frame's tags into an :class:`hardware.microscope.AcquiredField`. In a multi-channel
+scan a field is complete when a frame of each channel is in; its planes are stacked, in the
+configured channel order, into one (H, W, C) image.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from pycromanager.acquisition.acq_eng_py.main.acq_notification import AcqNotification
@@ -23,7 +25,6 @@ from hardware.microscope import (
     OBJECTIVES,
     AcquiredField,
     HardwareError,
-    Objective,
     ScanPlan,
     WellAcquisition,
 )
@@ -103,6 +104,8 @@ class _Run:
 class _WellFrames:
     fields: dict[int, AcquiredField] = field(default_factory=dict)
     started: dict[int, float] = field(default_factory=dict)
+    # multi-channel scans: the frames of a field that is not complete yet, by channel
+    planes: dict[int, dict[str, _Frame]] = field(default_factory=dict)
 
 
 class _Collector:
@@ -114,10 +117,16 @@ class _Collector:
     """
 
     def __init__(
-        self, plan: ScanPlan, sites: list[Site], *, camera_bit_depth: int | None = None
+        self,
+        plan: ScanPlan,
+        sites: list[Site],
+        *,
+        camera_bit_depth: int | None = None,
+        channels: tuple[str, ...] = (),
     ) -> None:
         self.plan = plan
         self.camera_bit_depth = camera_bit_depth
+        self.channels = channels
         self.sites = sites
         self.by_label = {site.label: site for site in sites}
         self.pending: dict[str, _WellFrames] = {well: _WellFrames() for well in plan.wells}
@@ -157,7 +166,12 @@ class _Collector:
     def started(self, message: _Started) -> None:
         site = self.by_label.get(message.label)
         if site is not None and site.well not in self.done:
-            self.pending[site.well].started[site.index] = message.monotonic
+            started = self.pending[site.well].started
+            if self.channels:
+                # one event per channel: the field's clock starts with its first
+                started.setdefault(site.index, message.monotonic)
+            else:
+                started[site.index] = message.monotonic
 
     def frame(self, frame: _Frame) -> None:
         """File a frame; its well is ready once all its fields are in."""
@@ -169,12 +183,18 @@ class _Collector:
             return
         if site.well in self.done:
             return
+        well = self.pending[site.well]
         try:
-            acquired = self._field(site, frame)
+            if self.channels:
+                frames = self._channel_frames(site, frame)
+                if frames is None:
+                    return  # more channels of this field to come
+                acquired = self._field(site, frames)
+            else:
+                acquired = self._field(site, [frame])
         except HardwareError as exc:
             self.fail(site.well, str(exc))
             return
-        well = self.pending[site.well]
         well.fields[site.index] = acquired
         if len(well.fields) == self.plan.fields_per_well:
             fields = [well.fields[i] for i in range(self.plan.fields_per_well)]
@@ -191,9 +211,31 @@ class _Collector:
         self.done.add(well.well)
         self._ready[well.well] = well
 
-    def _field(self, site: Site, frame: _Frame) -> AcquiredField:
+    def _channel_frames(self, site: Site, frame: _Frame) -> list[_Frame] | None:
+        """File one channel's frame of ``site``; all its frames in channel order once every
+        channel is in, else None."""
+        channel = str(_axes(frame.tags).get("channel", ""))
+        if channel not in self.channels:
+            raise HardwareError(
+                f"frame of {site.label} is in channel {channel!r}, not one of {list(self.channels)}"
+            )
+        planes = self.pending[site.well].planes.setdefault(site.index, {})
+        planes[channel] = frame
+        if len(planes) < len(self.channels):
+            return None
+        del self.pending[site.well].planes[site.index]
+        return [planes[name] for name in self.channels]
+
+    def _field(self, site: Site, frames: list[_Frame]) -> AcquiredField:
+        """The field of ``site`` from its frame (or, multi-channel, its frames in channel
+        order: stacked to (H, W, C); position, pixel size and tags from the first)."""
+        frame, last = frames[0], frames[-1]
         tags = frame.tags
-        objective = _axes(tags).get("channel", self.plan.objective)
+        objective: str
+        if self.channels:
+            objective = self.plan.objective  # set before the acquisition, not per event
+        else:
+            objective = _axes(tags).get("channel", self.plan.objective)
         if objective not in OBJECTIVES or objective != self.plan.objective:
             raise HardwareError(f"frame of {site.label} is at objective {objective!r}")
         pixel_size = float(tags.get("PixelSize_um") or 0.0)
@@ -202,27 +244,42 @@ class _Collector:
                 f"no pixel size for objective {objective}: define a pixel-size config for it"
             )
         started = self.pending[site.well].started.get(site.index, frame.monotonic)
+        metadata: dict[str, object] = {
+            "microscope": "pycromanager",
+            "barcode": self.plan.barcode,
+            "position_label": site.label,
+            "camera": tags.get("Camera"),
+            "exposure_ms": tags.get("Exposure"),
+            "z_um": tags.get("ZPositionUm", tags.get("ZPosition_um_Intended")),
+            "bit_depth": tags.get("BitDepth"),
+        }
+        image = frame.image
+        if self.channels:
+            image = _stack(site, [f.image for f in frames])
+            metadata["channels"] = list(self.channels)
+            metadata["exposure_ms"] = [f.tags.get("Exposure") for f in frames]
         return AcquiredField(
             well=site.well,
             field_index=site.index,
-            image=frame.image,
+            image=image,
             x_um=_float(tags, ("XPositionUm", "XPosition_um_Intended"), site.x_um),
             y_um=_float(tags, ("YPositionUm", "YPosition_um_Intended"), site.y_um),
-            objective=cast(Objective, objective),
+            objective=self.plan.objective,
             pixel_size_um=pixel_size,
             acquired_at=frame.at,
-            acquisition_ms=(frame.monotonic - started) * 1000.0,
+            acquisition_ms=(last.monotonic - started) * 1000.0,
             bit_depth=self.camera_bit_depth,
-            metadata={
-                "microscope": "pycromanager",
-                "barcode": self.plan.barcode,
-                "position_label": site.label,
-                "camera": tags.get("Camera"),
-                "exposure_ms": tags.get("Exposure"),
-                "z_um": tags.get("ZPositionUm", tags.get("ZPosition_um_Intended")),
-                "bit_depth": tags.get("BitDepth"),
-            },
+            metadata=metadata,
         )
+
+
+def _stack(site: Site, planes: list[np.ndarray]) -> np.ndarray:
+    """A field's channel planes, each (H, W), as one (H, W, C) image."""
+    first = planes[0]
+    if any(p.shape != first.shape or p.dtype != first.dtype or p.ndim != 2 for p in planes):
+        described = ", ".join(f"{p.dtype} {p.shape}" for p in planes)
+        raise HardwareError(f"the channels of {site.label} differ in shape or type: {described}")
+    return np.ascontiguousarray(np.stack(planes, axis=-1))
 
 
 def _axes(tags: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 One scan is one pycromanager ``Acquisition`` fed with
 ``multi_d_acquisition_events(xy_positions=..., position_labels=..., channel_group="Objective",
 channels=[objective])``: one event per field, labelled with the well name (``"B7"``) or, with
-several fields per well, Micro-Manager's HCS site name (``"B7-Site_0"``).
+several fields per well, Micro-Manager's HCS site name (``"B7-Site_0"``). A multi-channel scan
+uses ``channel_group="Channel", channels=[...]`` instead: one event per field and channel, the
+channels of a field one after the other (the objective is set once before the acquisition).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +51,24 @@ def plan_sites(plan: ScanPlan) -> list[Site]:
     return sites
 
 
-def plan_events(sites: list[Site], objective: str, objective_group: str) -> list[dict[str, Any]]:
-    """pycromanager events for ``sites``: one per field at ``objective``."""
+def plan_events(
+    sites: list[Site],
+    objective: str,
+    objective_group: str,
+    *,
+    channels: Sequence[str] = (),
+    channel_group: str = "Channel",
+) -> list[dict[str, Any]]:
+    """pycromanager events for ``sites``: one per field at ``objective``, or with ``channels``
+    one per field and channel (presets of ``channel_group``), a field's channels in a row."""
+    if channels:
+        group, presets = channel_group, list(channels)
+    else:
+        group, presets = objective_group, [objective]
     events: list[dict[str, Any]] = multi_d_acquisition_events(
         xy_positions=[(site.x_um, site.y_um) for site in sites],
         position_labels=[site.label for site in sites],
-        channel_group=objective_group,
-        channels=[objective],
+        channel_group=group,
+        channels=presets,
     )
     return events

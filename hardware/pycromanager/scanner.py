@@ -14,6 +14,10 @@ Where the engine runs (keyword-only options of :class:`PycromanagerScanner`):
 * :meth:`PycromanagerScanner.start_headless`: starts Micro-Manager headless from an install
   (Java, or with ``python_backend=True`` pymmcore in this process) and scans on it.
 
+Channels: with ``settings.channels`` every field is exposed once per channel (presets of
+``settings.channel_group``, switched by pycromanager per event) and delivered as one (H, W, C)
+image; the objective preset is then set once before the acquisition.
+
 Failures: a frame the camera does not deliver (error or ``snap_timeout_s``) fails its well,
 ``WellAcquisition(well, [], error=...)``, and the plate goes on (in-process engine). Any other
 error aborts pycromanager's acquisition; the well in flight is then failed and a fresh
@@ -136,8 +140,15 @@ class PycromanagerScanner:
         if self.load_plate is not None:
             self.load_plate(plan.barcode)
         self._set_device_timeout()
+        if self.settings.channels:
+            self._set_objective(plan.objective)
         sites = plan_sites(plan)
-        collector = _Collector(plan, sites, camera_bit_depth=self.settings.camera_bit_depth)
+        collector = _Collector(
+            plan,
+            sites,
+            camera_bit_depth=self.settings.camera_bit_depth,
+            channels=self.settings.channels,
+        )
         failures = _FailureCounter(self.settings.max_consecutive_failures)
         started = time.monotonic()
         todo = sites
@@ -182,7 +193,14 @@ class PycromanagerScanner:
         ended."""
         run = _Run()
         run.wells_by_label = {site.label: site.well for site in sites}
-        events = plan_events(sites, plan.objective, self.settings.objective_group)
+        settings = self.settings
+        events = plan_events(
+            sites,
+            plan.objective,
+            settings.objective_group,
+            channels=settings.channels,
+            channel_group=settings.channel_group,
+        )
         with self._acquisitions(run) as make_acquisition:
             acquisition = make_acquisition(
                 name=f"mscreen-{plan.barcode}",
@@ -212,6 +230,18 @@ class PycromanagerScanner:
             port=self.port,
             timeout=int(self.settings.connect_timeout_s * 1000),
         )
+
+    def _set_objective(self, objective: str) -> None:
+        """Select ``objective`` (a preset of ``objective_group``) and wait for it: in a
+        multi-channel scan the events' config group is the channel group, not the objective."""
+        group = self.settings.objective_group
+        if self.core is not None:
+            self.core.setConfig(group, objective)
+            self.core.waitForConfig(group, objective)
+            return
+        core = Core(port=self.port)
+        core.set_config(group, objective)
+        core.wait_for_config(group, objective)
 
     def _set_device_timeout(self) -> None:
         timeout_ms = int(self.settings.device_timeout_s * 1000)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hardware.microscope import check_channels
+
 
 @dataclass(frozen=True, kw_only=True)
 class PycromanagerSettings:
@@ -23,7 +25,12 @@ class PycromanagerSettings:
         max_consecutive_failures: failed wells in a row that stop the scan (a camera or stage
             that fails every well is broken, not unlucky).
         objective_group: the config group whose presets are the objective names ("40x",
-            "100x"); pycromanager's ``channel_group``.
+            "100x"); pycromanager's ``channel_group`` in single-channel scans.
+        channels: presets of ``channel_group`` to expose every field through, in order; each
+            field then arrives as one (H, W, C) image. Empty (default): one frame per field, the
+            objective preset as pycromanager's channel (what a single-channel scan always did).
+            With channels the objective preset is set once, before the acquisition.
+        channel_group: the config group whose presets are ``channels`` (e.g. "Channel").
         camera_bit_depth: significant bits of the camera's pixel values, stamped on every field
             it delivers; None: the dtype's full range. (The camera's own ``BitDepth`` tag is kept
             in each field's metadata but not trusted on its own: stored frames do not record a
@@ -37,6 +44,8 @@ class PycromanagerSettings:
     connect_timeout_s: float = 5.0
     max_consecutive_failures: int = 3
     objective_group: str = "Objective"
+    channels: tuple[str, ...] = ()
+    channel_group: str = "Channel"
     camera_bit_depth: int | None = None
 
     def __post_init__(self) -> None:
@@ -52,6 +61,12 @@ class PycromanagerSettings:
         if self.camera_bit_depth is not None and not 8 <= self.camera_bit_depth <= 16:
             depth = self.camera_bit_depth
             raise ValueError(f"camera_bit_depth must be within [8, 16], got {depth}")
+        object.__setattr__(self, "channels", check_channels(self.channels))
+        if self.channels and self.channel_group == self.objective_group:
+            raise ValueError(
+                f"channel_group and objective_group are both {self.channel_group!r}: channels "
+                "need a config group of their own"
+            )
         if self.max_consecutive_failures < 1:
             raise ValueError("max_consecutive_failures must be >= 1")
         if self.stall_timeout_s <= self.snap_timeout_s + self.device_timeout_s:

@@ -9,6 +9,8 @@ aims at a classification task that is learnable from morphology but not trivial.
 * :mod:`hardware.sim.cells`: cell shapes per well, drawn as a phase image.
 * :mod:`hardware.sim.optics`: optics and camera, phase image -> uint16 frame
   (:func:`render_field`, :func:`pixel_size_um`).
+* :mod:`hardware.sim.channels`: the light paths a multi-channel field is exposed through
+  (:data:`SIM_CHANNELS`: phase contrast in focus and at +-2 um, brightfield).
 * :mod:`hardware.sim.microscope`: :class:`SimulatedMicroscope`, the
   :class:`hardware.microscope.Microscope` over all of it, and :func:`well_at`.
 * :mod:`hardware.sim.mm_devices`: the same simulator as Micro-Manager devices on pymmcore-plus's
@@ -16,6 +18,7 @@ aims at a classification task that is learnable from morphology but not trivial.
   which the rest of the simulator does not need; import it from its module.
 """
 
+from hardware.sim.channels import SIM_CHANNELS, SimChannel, default_channels
 from hardware.sim.config import SimulationConfig
 from hardware.sim.microscope import SimulatedMicroscope, well_at
 from hardware.sim.optics import OBJECTIVE_MAGNIFICATION, pixel_size_um, render_field
@@ -32,9 +35,12 @@ __all__ = [
     "FCT_COLUMNS",
     "FCT_THRESHOLD_PCT",
     "OBJECTIVE_MAGNIFICATION",
+    "SIM_CHANNELS",
+    "SimChannel",
     "SimulatedMicroscope",
     "SimulationConfig",
     "WellTruth",
+    "default_channels",
     "fct_export_csv",
     "pixel_size_um",
     "plate_truth",

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from hardware.microscope import OBJECTIVES, HardwareError, Objective, WellAcquisitionError
 from hardware.plate import PlateGeometry
+from hardware.sim.channels import PHASE, SIM_CHANNELS, SimChannel, sim_channel
 from hardware.sim.config import SimulationConfig
 from hardware.sim.optics import _render, pixel_size_um
 
@@ -30,7 +31,8 @@ def well_at(plate: PlateGeometry, x_um: float, y_um: float) -> str | None:
 
 
 class SimulatedMicroscope:
-    """A :class:`hardware.microscope.Microscope` that renders frames with :func:`render_field`.
+    """A :class:`hardware.microscope.ChannelMicroscope` that renders frames with
+    :func:`render_field`, through the light path :meth:`set_channel` chose ("Phase" at first).
 
     Args:
         config: simulation settings; defaults to ``SimulationConfig()``.
@@ -52,6 +54,7 @@ class SimulatedMicroscope:
         self.barcode = barcode
         self.fail_wells = frozenset(self.config.plate.normalise(w) for w in fail_wells)
         self._objective: Objective = "40x"
+        self._channel: SimChannel = PHASE
         self._position = (0.0, 0.0)  # the plate corner: no well under the objective
         self._closed = False
 
@@ -64,6 +67,25 @@ class SimulatedMicroscope:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         self._check_open()
         self._objective = objective
+
+    @property
+    def channel(self) -> str:
+        """The light path frames are snapped through (see :mod:`hardware.sim.channels`)."""
+        return self._channel.name
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Every channel :meth:`set_channel` accepts."""
+        return tuple(SIM_CHANNELS)
+
+    def set_channel(self, channel: str) -> None:
+        """Snap through light path ``channel`` from now on ("Phase", "Brightfield", ...).
+
+        Raises:
+            ValueError: an unknown channel (the message lists the known ones).
+        """
+        self._check_open()
+        self._channel = sim_channel(channel)
 
     def load_plate(self, barcode: str) -> None:
         """Render plate ``barcode`` from now on (same as setting :attr:`barcode`)."""
@@ -91,8 +113,8 @@ class SimulatedMicroscope:
         self._position = (float(x_um), float(y_um))
 
     def snap(self, well: str, field_index: int) -> npt.NDArray[np.uint16]:
-        """Render the frame at the current stage position; ``well`` is only checked against
-        ``fail_wells`` and logged. Returns (H, W) uint16."""
+        """Render the frame at the current stage position through the current channel;
+        ``well`` is only checked against ``fail_wells`` and logged. Returns (H, W) uint16."""
         self._check_open()
         x, y = self._position
         under = well_at(self.config.plate, x, y)
@@ -111,7 +133,7 @@ class SimulatedMicroscope:
                 y,
                 under,
             )
-        return _render(self.config, self.barcode, under, x, y, self._objective)
+        return _render(self.config, self.barcode, under, x, y, self._objective, self._channel)
 
     def close(self) -> None:
         self._closed = True

@@ -15,10 +15,14 @@ holds the physical state (stage position, objective, plate) and renders frames:
 * :class:`SimulatedShutter` ["Shutter"]: transmitted-light shutter (recorded only, see below).
 * :class:`SimulatedObjectiveTurret` ["Objective"]: state device, state 0 = "40x" optics,
   state 1 = "100x" optics.
+* :class:`SimulatedLightPath` ["LightPath"]: state device, one state per light path of
+  :data:`hardware.sim.channels.SIM_CHANNELS` ("Phase", "Brightfield", "Phase+2um",
+  "Phase-2um"): what a condenser turret plus a channel's focus offset do on a real stand.
 
 :func:`build_simulated_core` loads these into a :class:`SimulatedMMCore` and defines the
-config group "Objective" (presets "40x", "100x") and one pixel-size config per objective
-whose size is :func:`hardware.sim.optics.pixel_size_um`. :data:`SIMULATED_CFG`
+config group "Objective" (presets "40x", "100x"), the channel group "Channel" (one preset per
+light path, named like it; startup "Phase") and one pixel-size config per objective whose size
+is :func:`hardware.sim.optics.pixel_size_um`. :data:`SIMULATED_CFG`
 (``simulated_microscope.cfg``) declares the same system in Micro-Manager's .cfg format;
 :func:`load_simulated_core` loads it.
 
@@ -69,6 +73,7 @@ from pymmcore_plus.experimental.unicore import (
 )
 
 from hardware.microscope import OBJECTIVES, HardwareError
+from hardware.sim.channels import SIM_CHANNELS
 from hardware.sim.config import SimulationConfig
 from hardware.sim.microscope import SimulatedMicroscope, well_at
 from hardware.sim.optics import pixel_size_um
@@ -82,7 +87,11 @@ SHUTTER = "Shutter"
 OBJECTIVE = "Objective"
 OBJECTIVE_GROUP = "Objective"
 """Config group whose presets ("40x", "100x") select the objective; pycromanager's
-``channel_group``."""
+``channel_group`` in single-channel scans."""
+LIGHT_PATH = "LightPath"
+CHANNEL_GROUP = "Channel"
+"""Config group whose presets ("Phase", "Brightfield", ...) select the light path; pycromanager's
+``channel_group`` in multi-channel scans."""
 
 SIMULATOR_PROPERTY = "Simulator"
 DEFAULT_SIMULATOR = "default"
@@ -391,6 +400,34 @@ class SimulatedObjectiveTurret(StateDevice):
         self._link.get().set_objective(OBJECTIVES[position])
 
 
+class SimulatedLightPath(StateDevice):
+    """Light path selector: state i holds the i-th channel of
+    :data:`hardware.sim.channels.SIM_CHANNELS` (phase ring in or out, focus offset).
+
+    Labels follow Micro-Manager's convention and can be renamed; the light path behind a state
+    does not change with its label.
+    """
+
+    PATHS: ClassVar[tuple[str, ...]] = tuple(SIM_CHANNELS)
+
+    def __init__(self, simulator: SimulatedMicroscope | None = None) -> None:
+        super().__init__(dict(enumerate(self.PATHS)))
+        self._link = _SimulatorLink(simulator)
+        _register_simulator_property(self, self._link)
+
+    def initialize(self) -> None:
+        self._link.get()
+
+    def get_state(self) -> int:
+        return self.PATHS.index(self._link.get().channel)
+
+    def set_state(self, position: int) -> None:
+        position = int(position)
+        if not 0 <= position < len(self.PATHS):
+            raise ValueError(f"light path has no state {position}")
+        self._link.get().set_channel(self.PATHS[position])
+
+
 class SimulatedMMCore(UniMMCore):
     """UniMMCore that resolves pixel-size configs and bit depth for Python devices.
 
@@ -496,8 +533,9 @@ def build_simulated_core(
 
     Returns:
         A :class:`SimulatedMMCore` with devices :data:`CAMERA`, :data:`XY_STAGE`,
-        :data:`FOCUS`, :data:`SHUTTER`, :data:`OBJECTIVE` as the core's current devices, the
-        config group :data:`OBJECTIVE_GROUP` (presets "40x", "100x") and pixel-size configs
+        :data:`FOCUS`, :data:`SHUTTER`, :data:`OBJECTIVE`, :data:`LIGHT_PATH` as the core's
+        current devices, the config groups :data:`OBJECTIVE_GROUP` (presets "40x", "100x") and
+        :data:`CHANNEL_GROUP` (one preset per simulated channel) and pixel-size configs
         ``Res40x``/``Res100x`` sized by :func:`hardware.sim.optics.pixel_size_um`.
     """
     if simulator is None:
@@ -510,8 +548,9 @@ def build_simulated_core(
     core.loadPyDevice(FOCUS, SimulatedFocusStage())
     core.loadPyDevice(SHUTTER, SimulatedShutter())
     core.loadPyDevice(OBJECTIVE, SimulatedObjectiveTurret(simulator))
+    core.loadPyDevice(LIGHT_PATH, SimulatedLightPath(simulator))
     core.initializeAllDevices()
-    for label in (CAMERA, XY_STAGE, FOCUS, SHUTTER, OBJECTIVE):
+    for label in (CAMERA, XY_STAGE, FOCUS, SHUTTER, OBJECTIVE, LIGHT_PATH):
         # UniMMCore logs a Python device's initialisation error instead of raising it.
         state = core.getDeviceInitializationState(label)
         if state != DeviceInitializationState.InitializedSuccessfully:
@@ -529,7 +568,10 @@ def build_simulated_core(
         core.setPixelSizeUm(resolution, size_um)
         # image column grows with stage x, image row with stage y (see hardware.sim.optics)
         core.setPixelSizeAffine(resolution, [size_um, 0.0, 0.0, 0.0, size_um, 0.0])
+    for channel in SIM_CHANNELS:
+        core.defineConfig(CHANNEL_GROUP, channel, LIGHT_PATH, "Label", channel)
     core.setConfig(OBJECTIVE_GROUP, simulator.objective)
+    core.setConfig(CHANNEL_GROUP, simulator.channel)
     core.updateSystemStateCache()
     return core
 

@@ -18,14 +18,17 @@ overexposed (8-bit mean > 240).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from hardware.microscope import OBJECTIVES
 from hardware.sim.cells import _blur, _cells_in_view, _draw_phase
+from hardware.sim.channels import PHASE, SimChannel, check_sim_channels
 from hardware.sim.config import FloatArray, SimulationConfig, _rng
 
 OBJECTIVE_MAGNIFICATION: dict[str, float] = {"40x": 4.0, "100x": 10.0}
@@ -39,6 +42,13 @@ _BACKGROUND_ADU = 2150.0  # background level at the frame centre, before the cam
 _CAMERA_OFFSET_ADU = 100.0
 _ELECTRONS_PER_ADU = 4.0
 _READ_NOISE_ADU = 2.5
+# Channels (hardware.sim.channels): a focal offset of dz um widens the blur by this much per um
+# (geometric defocus of a low-NA objective) and adds the transport-of-intensity term
+# -_TIE_GAIN_UM * dz * laplacian(phase) (laplacian per um^2); brightfield keeps this share of a
+# cell's phase as absorption.
+_DEFOCUS_BLUR_PER_UM = 0.3
+_TIE_GAIN_UM = 1.0
+_ABSORPTION = 0.12
 
 
 def pixel_size_um(config: SimulationConfig, objective: str) -> float:
@@ -106,18 +116,29 @@ def _flat_field(seed: int, shape: tuple[int, int]) -> tuple[FloatArray, FloatArr
     return flat.astype(np.float32), xn, yn
 
 
-def _render(
+@dataclass(frozen=True)
+class _Scene:
+    """What every channel of one field shares: the cells' phase image (before any blur), the
+    exposure conditions, where pixel (0, 0) lies in the well (None between wells) and the
+    frame's seeding key."""
+
+    phase: FloatArray  # (H, W) float32, not blurred
+    cond: _FrameConditions
+    origin: tuple[float, float] | None
+    pixel_um: float
+    key: tuple[object, ...]
+
+
+def _scene(
     config: SimulationConfig,
     barcode: str,
     well: str | None,
     x_um: float,
     y_um: float,
     objective: str,
-) -> npt.NDArray[np.uint16]:
-    """Render one frame: ``well`` is a canonical well name, or None for the plate between wells.
-
-    Returns (H, W) uint16, values < 2**bit_depth.
-    """
+) -> _Scene:
+    """Draw the cells in view and the conditions of one field; ``well`` is a canonical well
+    name, or None for the plate between wells."""
     shape = config.camera_shape
     height, width = shape
     pixel_um = pixel_size_um(config, objective)
@@ -144,20 +165,63 @@ def _render(
         if cells is not None:
             phase = _draw_phase(cells, origin, pixel_um, shape)
     cond = _frame_conditions(config, barcode, key, well_offset)
+    return _Scene(phase, cond, origin, pixel_um, key)
 
-    phase = _blur(phase, math.hypot(_PSF_SIGMA_UM, cond.defocus_um) / pixel_um)
-    # Phase contrast as a high-pass: what the phase ring's low-pass removes is the halo (where
-    # negative) and the shade-off of large flat objects (where positive).
-    contrast = phase - np.float32(_SHADE_OFF) * _blur(phase, _HALO_SIGMA_UM / pixel_um)
-    # Halos come out brighter than thin cytoplasm comes out dark.
-    darkening = np.where(contrast > 0, np.float32(0.75) * contrast, np.float32(2.0) * contrast)
-    flat, xn, yn = _flat_field(config.seed, shape)
+
+def _expose_channel(
+    config: SimulationConfig, scene: _Scene, channel: SimChannel = PHASE
+) -> npt.NDArray[np.uint16]:
+    """One exposure of ``scene`` through ``channel``: (H, W) uint16, values < 2**bit_depth.
+
+    The "Phase" channel takes exactly the path (and the noise) of the simulator's single frame.
+    """
+    cond, pixel_um = scene.cond, scene.pixel_um
+    dz = float(channel.focus_offset_um)
+    blur_um = math.hypot(_PSF_SIGMA_UM, cond.defocus_um)
+    if dz != 0.0:  # not folded into one hypot: Phase must stay bit-identical to the 1-channel frame
+        blur_um = math.hypot(blur_um, _DEFOCUS_BLUR_PER_UM * dz)
+    phase = _blur(scene.phase, blur_um / pixel_um)
+    if channel.contrast == "phase":
+        # Phase contrast as a high-pass: what the phase ring's low-pass removes is the halo
+        # (where negative) and the shade-off of large flat objects (where positive).
+        contrast = phase - np.float32(_SHADE_OFF) * _blur(phase, _HALO_SIGMA_UM / pixel_um)
+        # Halos come out brighter than thin cytoplasm comes out dark.
+        darkening = np.where(contrast > 0, np.float32(0.75) * contrast, np.float32(2.0) * contrast)
+    else:
+        # No ring: unstained cells barely absorb; the field's focus drift defocuses it further.
+        darkening = np.float32(_ABSORPTION) * phase
+        dz += cond.defocus_um
+    if dz != 0.0:
+        # Transport of intensity: a defocused phase object shows -dz * laplacian(phase).
+        laplacian = cv2.Laplacian(phase, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+        darkening = darkening + np.float32(_TIE_GAIN_UM * dz / pixel_um**2) * laplacian
+    flat, xn, yn = _flat_field(config.seed, config.camera_shape)
     gx, gy = cond.gradient
     illumination = flat * (1.0 + np.float32(gx) * xn + np.float32(gy) * yn)
-    if origin is not None:
-        illumination = illumination * _wall_shadow(config, origin, pixel_um, shape)
+    if scene.origin is not None:
+        shadow = _wall_shadow(config, scene.origin, pixel_um, config.camera_shape)
+        illumination = illumination * shadow
     relative = illumination * np.maximum(1.0 - darkening, np.float32(0.05))
+    # Each exposure has its own camera noise; Phase keeps the single frame's.
+    key = scene.key if channel == PHASE else (*scene.key, channel.name)
     return _expose(config, relative, cond, key)
+
+
+def _render(
+    config: SimulationConfig,
+    barcode: str,
+    well: str | None,
+    x_um: float,
+    y_um: float,
+    objective: str,
+    channel: SimChannel = PHASE,
+) -> npt.NDArray[np.uint16]:
+    """Render one frame: ``well`` is a canonical well name, or None for the plate between wells.
+
+    Returns (H, W) uint16, values < 2**bit_depth.
+    """
+    scene = _scene(config, barcode, well, x_um, y_um, objective)
+    return _expose_channel(config, scene, channel)
 
 
 def _expose(
@@ -209,14 +273,31 @@ def _mean_8bit(frame: npt.NDArray[np.uint16], bit_depth: int) -> float:
 
 
 def render_field(
-    config: SimulationConfig, barcode: str, well: str, x_um: float, y_um: float, objective: str
+    config: SimulationConfig,
+    barcode: str,
+    well: str,
+    x_um: float,
+    y_um: float,
+    objective: str,
+    *,
+    channels: Sequence[str] = (),
 ) -> npt.NDArray[np.uint16]:
     """What the camera sees with the stage at (x_um, y_um) (stage coordinates, um).
 
     Renders the cells of ``well`` (clipped to its diameter) around that position at the pixel
     size of ``objective``. Bit-identical for identical arguments.
 
+    Args:
+        channels: names of :data:`hardware.sim.channels.SIM_CHANNELS` to expose, one after the
+            other at this position (co-registered); empty: the single phase-contrast frame.
+
     Returns:
-        (H, W) uint16 frame, H, W = ``config.camera_shape``, values < 2**``config.bit_depth``.
+        (H, W) uint16 frame, H, W = ``config.camera_shape``, values < 2**``config.bit_depth``;
+        with ``channels``, (H, W, C) uint16, channel c through ``channels[c]``, each plane
+        bit-identical to what :class:`hardware.sim.SimulatedMicroscope` snaps in that channel.
     """
-    return _render(config, barcode, config.plate.normalise(well), x_um, y_um, objective)
+    scene = _scene(config, barcode, config.plate.normalise(well), x_um, y_um, objective)
+    if not channels:
+        return _expose_channel(config, scene)
+    planes = [_expose_channel(config, scene, channel) for channel in check_sim_channels(channels)]
+    return np.ascontiguousarray(np.stack(planes, axis=-1))
