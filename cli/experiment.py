@@ -115,6 +115,24 @@ def _check_device(device: str) -> None:
         raise typer.BadParameter(str(error), param_hint="--device") from error
 
 
+_CV = CVSettings()  # the cv defaults (the celltype winner), shown in --help
+
+
+def _channel_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        picked = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        picked = ()
+    if not picked or min(picked) < 0 or len(set(picked)) != len(picked):
+        raise typer.BadParameter(
+            f"expected distinct 0-based channel numbers, comma-separated (e.g. 0,1), got {text!r}",
+            param_hint="--channels",
+        )
+    return picked
+
+
 @experiment_cli.command("cv")
 def cv(
     data: Annotated[
@@ -123,8 +141,10 @@ def cv(
             "--data", exists=True, file_okay=False, help="ImageFolder root: <data>/<class>/<img>."
         ),
     ],
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Grouped folds.")] = 5,
-    size: Annotated[int, typer.Option("--size", min=16, help="Pipeline height = width.")] = 112,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Grouped folds.")] = _CV.folds,
+    size: Annotated[
+        int, typer.Option("--size", min=16, help="Pipeline height = width.")
+    ] = _CV.size,
     group_by: Annotated[
         str | None,
         typer.Option(
@@ -133,51 +153,136 @@ def cv(
             "default: every image its own group.",
         ),
     ] = None,
-    ablation: Annotated[
-        bool, typer.Option("--ablation/--no-ablation", help="Also run without HSM (ws=1).")
-    ] = True,
+    preprocess: Annotated[
+        str,
+        typer.Option(
+            "--preprocess",
+            help="Features: 'standardise' (per-image, per-channel standardised raw frame at "
+            "full bit depth), 'mean_v_clahe' (the paper's 8-bit mean-V 130 + CLAHE + bands) or "
+            "'auto' (standardise for >8-bit or multi-channel files, else mean_v_clahe).",
+        ),
+    ] = _CV.preprocess,
+    bit_depth: Annotated[
+        int | None,
+        typer.Option(
+            "--bit-depth",
+            min=8,
+            max=16,
+            help="Significant bits of 16-bit files (default: from the metadata, else inferred).",
+        ),
+    ] = None,
+    channels: Annotated[
+        str | None,
+        typer.Option(
+            "--channels",
+            help="0-based channels to use, comma-separated (default: all; two or more train "
+            "one band per channel).",
+        ),
+    ] = None,
     ws: Annotated[
-        int, typer.Option("--ws", min=1, help="SSCD window of the main run (1 = no SSN).")
-    ] = 9,
-    k: Annotated[int, typer.Option("--k", min=2, help="SSN count of the main run.")] = 12,
+        int,
+        typer.Option("--ws", min=1, help="SSCD window (mean_v_clahe only; 1 = no SSN)."),
+    ] = _CV.ws,
+    k: Annotated[int, typer.Option("--k", min=2, help="SSN count (with --ws > 1).")] = _CV.k,
     tta: Annotated[
         bool, typer.Option("--tta/--no-tta", help="Average test calls over the 8 symmetries.")
-    ] = False,
+    ] = _CV.tta,
     keep_last: Annotated[
         bool,
         typer.Option(
-            "--keep-last",
-            help="Run every epoch and keep the last weights (no early stopping on a tiny "
-            "validation split).",
+            "--keep-last/--early-stop",
+            help="Keep the last (EMA) weights, or stop early on the validation split's loss.",
         ),
-    ] = False,
-    learning_rate: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW rate.")] = 3e-3,
-    model: ModelOption = "scnn",
+    ] = not _CV.train.restore_best,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="cosine, warmup_cosine or onecycle.")
+    ] = _CV.train.schedule,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", min=0.0, max=0.5, help="0 = off.")
+    ] = _CV.train.label_smoothing,
+    ema: Annotated[
+        float,
+        typer.Option("--ema", min=0.0, max=0.9999, help="EMA decay of the weights (0 = off)."),
+    ] = _CV.train.ema_decay,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", min=0.0, help="AdamW rate.")
+    ] = _CV.train.learning_rate,
+    model: Annotated[
+        str, typer.Option("--model", help="Registered network of the default arm.")
+    ] = _CV.model.name,
     width: WidthOption = None,
-    epochs: EpochsOption = 25,
-    patience: PatienceOption = 8,
+    width_multiplier: Annotated[
+        float | None,
+        typer.Option("--width-multiplier", min=0.1, help="SCNN width multiplier."),
+    ] = None,
+    depth: Annotated[
+        int | None, typer.Option("--depth", min=1, help="SCNN blocks per stage.")
+    ] = None,
+    references: Annotated[
+        bool,
+        typer.Option(
+            "--references/--no-references",
+            help="Also run the plain CNN and the logistic-regression floor on the same folds.",
+        ),
+    ] = _CV.references,
+    legacy: Annotated[
+        bool,
+        typer.Option("--legacy", help="Also run the old default (SCNN + HSM, 112 px)."),
+    ] = False,
+    extra_models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--also", help="Also run this registered network with the default recipe (repeat)."
+        ),
+    ] = None,
+    epochs: EpochsOption = _CV.train.epochs,
+    patience: PatienceOption = _CV.train.patience,
     seed: SeedOption = 0,
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Seeds (seed .. seed + N - 1): mean +- sd.")
+    ] = 1,
+    reference_epochs: Annotated[
+        int, typer.Option("--reference-epochs", min=1, help="Epochs of the plain CNN.")
+    ] = _CV.reference_train.epochs,
+    reference_seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--reference-seeds", min=1, help="Seeds of the plain CNN (default: all of --seeds)."
+        ),
+    ] = None,
     workers: WorkersOption = None,
     threads: ThreadsOption = 0,
     device: DeviceOption = "cpu",
     out: OutOption = None,
 ) -> None:
-    """Grouped k-fold cross-validation on any two-class ImageFolder dataset."""
+    """Grouped k-fold cross-validation on a two-class ImageFolder dataset: the default recipe,
+    the plain reference CNN and the pixel logistic-regression floor on the same folds."""
     started = time.perf_counter()
     _check_device(device)
+    if preprocess not in ("auto", "standardise", "mean_v_clahe"):
+        raise typer.BadParameter(
+            f"expected auto, standardise or mean_v_clahe, got {preprocess!r}",
+            param_hint="--preprocess",
+        )
+    if preprocess == "standardise" and ws != 1:
+        raise typer.BadParameter(
+            "--ws > 1 (SSN) needs --preprocess mean_v_clahe", param_hint="--ws"
+        )
+    spec = _spec(model, width)
+    if model == "scnn":
+        spec.options = dict(_CV.model.options) if _CV.model.name == "scnn" else {}
+        if width_multiplier is not None:
+            spec.options["width_multiplier"] = width_multiplier
+        if depth is not None:
+            spec.options["depth"] = depth
+    elif width_multiplier is not None or depth is not None:
+        raise typer.BadParameter(
+            "--width-multiplier / --depth apply to --model scnn", param_hint="--model"
+        )
     pattern = CELLTYPE_GROUP_PATTERN if group_by == "celltype" else group_by
-    settings = CVSettings(
-        folds=folds,
-        size=size,
-        ablation=ablation,
-        ws=ws,
-        k=k,
-        seed=seed,
-        workers=workers,
-        group_by=pattern,
-        tta=tta,
-        model=_spec(model, width),
-        train=TrainConfig(
+    try:
+        train = replace(
+            _CV.train,
             epochs=epochs,
             patience=patience,
             seed=seed,
@@ -185,7 +290,34 @@ def cv(
             learning_rate=learning_rate,
             restore_best=not keep_last,
             device=device,
+            schedule=schedule,  # type: ignore[arg-type]
+            label_smoothing=label_smoothing,
+            ema_decay=ema,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    settings = CVSettings(
+        folds=folds,
+        size=size,
+        preprocess=preprocess,  # type: ignore[arg-type]
+        ws=ws,
+        k=k,
+        seed=seed,
+        seeds=seeds,
+        workers=workers,
+        group_by=pattern,
+        bit_depth=bit_depth,
+        channels=_channel_list(channels),
+        tta=tta,
+        model=spec,
+        train=train,
+        references=references,
+        reference_train=replace(
+            _CV.reference_train, epochs=reference_epochs, threads=threads, device=device
         ),
+        reference_seeds=reference_seeds,
+        legacy=legacy,
+        extra_models=[_spec(name, width) for name in extra_models or []],
     )
     out = out or Path("reports") / "cv"
     try:

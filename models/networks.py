@@ -120,6 +120,28 @@ class SCNNConfig:
     )
     kernel_size: int = 3
     dropout: float = 0.1
+    # Capacity: every width (stem and blocks) times width_multiplier (rounded, >= 1), and each
+    # block followed by depth - 1 stride-1 blocks of its width; still depthwise-separable
+    # throughout. 1.0 and 1 are the paper-sized 18 k-parameter net.
+    width_multiplier: float = 1.0
+    depth: int = 1
+
+    def layout(self) -> tuple[int, list[tuple[int, int]]]:
+        """(stem width, [(out_channels, stride), ...]) after width_multiplier and depth."""
+        if self.width_multiplier <= 0 or self.depth < 1:
+            raise ValueError(
+                f"SCNN width_multiplier must be > 0 and depth >= 1, got "
+                f"{self.width_multiplier} and {self.depth}"
+            )
+
+        def scaled(width: int) -> int:
+            return max(1, round(width * self.width_multiplier))
+
+        blocks: list[tuple[int, int]] = []
+        for out_chs, stride in self.blocks:
+            blocks.append((scaled(out_chs), stride))
+            blocks += [(scaled(out_chs), 1)] * (self.depth - 1)
+        return scaled(self.stem_width), blocks
 
 
 class SCNN(MaskedClassifier):
@@ -128,14 +150,15 @@ class SCNN(MaskedClassifier):
     def __init__(self, config: SCNNConfig) -> None:
         super().__init__()
         self.config = config
+        stem_width, blocks = config.layout()
         self.stem = nn.Sequential(
-            nn.Conv2d(config.in_bands, config.stem_width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem_width),
+            nn.Conv2d(config.in_bands, stem_width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(),
         )
         layers: list[nn.Module] = []
-        width = config.stem_width
-        for out_chs, stride in config.blocks:
+        width = stem_width
+        for out_chs, stride in blocks:
             layers.append(DepthwiseSeparableConv(width, out_chs, config.kernel_size, stride))
             width = out_chs
         self.blocks = nn.Sequential(*layers)
@@ -290,6 +313,46 @@ class VGG(MaskedClassifier):
         return logit_map, masked_mean(logit_map, downsample_mask(mask, self.halvings))
 
 
+@dataclass
+class PlainCNNConfig:
+    """Architecture of :class:`PlainCNN`: the issue-13 reference, a 3-block VGG-style CNN."""
+
+    in_bands: int = 1
+    widths: tuple[int, ...] = (32, 64, 128)  # one block per width, each ends in a 2x2 max-pool
+    convs_per_block: int = 2
+    dropout: float = 0.1
+
+
+class PlainCNN(MaskedClassifier):
+    """The plain reference CNN: per block (3x3 conv, BatchNorm, ReLU) x ``convs_per_block`` and
+    a 2x2 max-pool (ceil mode), then the 1x1 head and masked pooling of the other networks, so
+    it trains, exports to ONNX and serves like them. Logit map at 1/2**len(widths)."""
+
+    def __init__(self, config: PlainCNNConfig) -> None:
+        super().__init__()
+        if not config.widths or config.convs_per_block < 1:
+            raise ValueError("PlainCNN needs at least one block and one conv per block")
+        self.config = config
+        layers: list[nn.Module] = []
+        width = config.in_bands
+        for out_chs in config.widths:
+            for _ in range(config.convs_per_block):
+                layers.append(ConvBnAct(width, out_chs))
+                width = out_chs
+            layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(width, 1, 1)
+        self.halvings = len(config.widths)
+
+    def forward_logits(
+        self, features: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit_map (N, 1, H/8, W/8), pooled logit (N,)) for the default three blocks."""
+        logit_map = self.head(self.dropout(self.features(features)))
+        return logit_map, masked_mean(logit_map, downsample_mask(mask, self.halvings))
+
+
 _REGISTRY: dict[str, Callable[..., MaskedClassifier]] = {}
 
 
@@ -307,8 +370,19 @@ def register(
 
 @register("scnn")
 def scnn(in_bands: int = 6, **overrides: Any) -> SCNN:
-    """The paper's separable CNN, sized for 220 x 300 inputs."""
+    """The paper's separable CNN, sized for 220 x 300 inputs; ``width_multiplier`` / ``depth``
+    widen and deepen it (see :class:`SCNNConfig`)."""
+    if "blocks" in overrides:  # from a JSON model card: lists, not tuples
+        overrides["blocks"] = [tuple(block) for block in overrides["blocks"]]
     return SCNN(SCNNConfig(in_bands=in_bands, **overrides))
+
+
+@register("plaincnn")
+def plaincnn(in_bands: int = 1, **overrides: Any) -> PlainCNN:
+    """The issue-13 reference: 3 VGG-style blocks of 32-64-128 filters with BatchNorm."""
+    if "widths" in overrides:
+        overrides["widths"] = tuple(overrides["widths"])
+    return PlainCNN(PlainCNNConfig(in_bands=in_bands, **overrides))
 
 
 @register("resnet18")

@@ -160,6 +160,8 @@ def test_cv_command_writes_csv_markdown_and_png(tmp_path):
             "celltype",
             "--epochs",
             "2",
+            "--reference-epochs",
+            "2",
             "--workers",
             "1",
             "--out",
@@ -170,21 +172,38 @@ def test_cv_command_writes_csv_markdown_and_png(tmp_path):
     for name in ("folds.csv", "summary.csv", "summary.md", "summary.json", "accuracy.png"):
         assert (out / name).is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["variant"] for r in summary["summary"]] == ["hsm", "no_hsm (ws=1)"]
+    arms = ["default", "plaincnn (reference)", "logreg (pixel floor)"]
+    assert [r["variant"] for r in summary["summary"]] == arms
     assert summary["classes"] == ["a", "b"] and summary["pipeline"]["height"] == 32
+    # The default arm standardises each image; the references do too, at their own 48 x 48.
+    assert summary["pipeline"]["intensity"] == "standardise"
+    assert summary["settings"]["model"]["name"] == "plaincnn"
+    reference = summary["arms"]["plaincnn (reference)"]["pipeline"]
+    assert (reference["intensity"], reference["height"]) == ("standardise", 48)
     folds = list(csv.DictReader((out / "folds.csv").open()))
-    assert len(folds) == 4 and all(0 <= float(f["accuracy"]) <= 1 for f in folds)
+    assert len(folds) == 6 and all(0 <= float(f["accuracy"]) <= 1 for f in folds)
     assert all(int(f["test_groups"]) == 4 for f in folds)  # 8 fields over 2 folds
+    assert set(summary["paired"]) == set(arms[1:])
     assert "p =" in (out / "summary.md").read_text()
 
-    no_ssn = tmp_path / "no-ssn"
+    hsm = tmp_path / "hsm"
     args = ["cv", "--data", str(data), "--folds", "2", "--size", "32", "--group-by", "celltype"]
-    result = CliRunner().invoke(
-        experiment_cli, [*args, "--epochs", "1", "--ws", "1", "--out", str(no_ssn)]
-    )
+    hsm_args = ["--epochs", "1", "--preprocess", "mean_v_clahe", "--ws", "9", "--seeds", "2"]
+    more = ["--no-references", "--model", "scnn", "--width-multiplier", "1", "--out", str(hsm)]
+    result = CliRunner().invoke(experiment_cli, [*args, *hsm_args, *more])
     assert result.exit_code == 0, result.output
-    only = json.loads((no_ssn / "summary.json").read_text())["summary"]
-    assert [(r["variant"], r["ws"]) for r in only] == [("no_hsm (ws=1)", 1)]  # nothing to ablate
+    only = json.loads((hsm / "summary.json").read_text())["summary"]
+    assert [(r["variant"], r["ws"], r["seeds"]) for r in only] == [("default", 9, 2)]
+    assert len(only[0]["per-seed accuracy"]) == 2
+
+
+def test_cv_command_rejects_ssn_with_standardise_and_bad_channels(tmp_path):
+    data = _folder(tmp_path / "data")
+    args = ["cv", "--data", str(data), "--ws", "9"]
+    result = CliRunner().invoke(experiment_cli, [*args, "--preprocess", "standardise"])
+    assert result.exit_code != 0 and "mean_v_clahe" in result.output
+    result = CliRunner().invoke(experiment_cli, ["cv", "--data", str(data), "--channels", "0,x"])
+    assert result.exit_code != 0 and "comma-separated" in result.output
 
 
 def test_cv_command_rejects_a_one_class_folder(tmp_path):

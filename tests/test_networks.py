@@ -19,6 +19,7 @@ from training.trainer import TrainConfig, predict, train
 
 # (name, expected halvings of the logit map, parameter range at the default widths)
 MODELS = [
+    ("plaincnn", 3, (200_000, 400_000)),
     ("scnn", 3, (10_000, 40_000)),
     ("resnet18", 5, (400_000, 1_200_000)),
     ("vgg11", 5, (300_000, 1_000_000)),
@@ -31,7 +32,8 @@ def test_every_registered_model_is_covered():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet9000'; known: resnet18, scnn"):
+    known = "known: plaincnn, resnet18, scnn"
+    with pytest.raises(ValueError, match=f"unknown model 'resnet9000'; {known}"):
         create_model("resnet9000")
 
 

@@ -572,7 +572,8 @@ def test_all_underexposed_is_one_error_naming_the_fix(tmp_path):
     assert message.startswith('all 6 images were excluded by QC (6 underexposed, e.g. "mean V ')
     assert message.endswith(
         "nothing to train on. If these are 16-bit files from a camera with fewer significant "
-        "bits, pass --bit-depth (e.g. --bit-depth 12); or lower --min-mean-v."
+        "bits, pass --bit-depth (e.g. --bit-depth 12); if they are really this dark, lower the "
+        "pipeline's min_mean_v."
     )
 
 

@@ -24,6 +24,14 @@ _CONTRAST_METHODS: tuple[str, ...] = get_args(ContrastMethod)
 BandSource = Literal["filter_bank", "channels"]
 _BAND_SOURCES: tuple[str, ...] = get_args(BandSource)
 
+# How the model features are scaled. "mean_v_clahe" (the paper's path, the default): the 8-bit
+# view, mean V to target_mean_v, median, contrast, then the fixed-scale bands. "standardise": the
+# raw frame at its full bit depth, resized (INTER_AREA) channel by channel, then per image and per
+# channel (x - mean) / std; 12-16-bit detail and every acquired channel reach the network. QC and
+# the cell mask use the 8-bit view in both cases.
+IntensityMethod = Literal["mean_v_clahe", "standardise"]
+_INTENSITY_METHODS: tuple[str, ...] = get_args(IntensityMethod)
+
 # Fields that __post_init__ checks and normalises to float / to int.
 _FLOAT_FIELDS: tuple[str, ...] = (
     "max_mean_v",
@@ -96,6 +104,10 @@ class PipelineConfig:
     # band_source == "channels" only: the expected channel count C (>= 2); frames with another
     # count are rejected. None accepts any C >= 2 (the network then fixes it at training time).
     channels: int | None = None
+    # Feature scaling, see IntensityMethod. "standardise" gives one band per channel (a grey
+    # frame: one band "standardised", a BGR frame: its luma; band_source "channels": C bands);
+    # ``bands`` (the filter bank) is then unused, and ws must be 1 (no SSN step).
+    intensity: IntensityMethod = "mean_v_clahe"
     ws: int = 9  # SSCD window size, odd in 1..13; 1 switches SSN off
     k: int = 12  # number of SSNs, 2..16, <= ws*ws - 1 when ws > 1
     spatial_weight: float = 0.5  # lambda in the SSCD
@@ -187,6 +199,10 @@ class PipelineConfig:
             if len(set(self.bands)) != len(self.bands):
                 errors.append(f"bands must be unique, got {list(self.bands)}")
 
+        if self.intensity not in _INTENSITY_METHODS:
+            errors.append(f"intensity must be one of {_INTENSITY_METHODS}, got {self.intensity!r}")
+        elif self.intensity == "standardise" and self.ws != 1:
+            errors.append(f"intensity='standardise' takes no SSN step: ws must be 1, got {self.ws}")
         if self.band_source not in _BAND_SOURCES:
             errors.append(f"band_source must be one of {_BAND_SOURCES}, got {self.band_source!r}")
         elif self.channels is not None:
@@ -227,7 +243,8 @@ class PipelineConfig:
     def band_names(self, n_channels: int | None = None) -> tuple[str, ...]:
         """Names of the feature bands, in order; their number is the network's ``in_bands``.
 
-        "filter_bank": ``bands``. "channels": ``("channel_0", ..., "channel_{C-1}")`` with C =
+        "filter_bank": ``bands`` (``("standardised",)`` with ``intensity="standardise"``).
+        "channels": ``("channel_0", ..., "channel_{C-1}")`` with C =
         ``channels``, or ``n_channels`` (e.g. ``features.shape[1]`` of a training set) when
         ``channels`` is None.
 
@@ -235,7 +252,7 @@ class PipelineConfig:
             ValueError: "channels" with C unknown, or ``n_channels`` contradicting ``channels``.
         """
         if self.band_source == "filter_bank":
-            return self.bands
+            return ("standardised",) if self.intensity == "standardise" else self.bands
         count = self.channels if self.channels is not None else n_channels
         if count is None:
             raise ValueError("band_source='channels' with channels=None: pass n_channels")

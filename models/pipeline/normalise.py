@@ -1,4 +1,5 @@
-"""Normalisation of an 8-bit frame, its focus score and its foreground (cell) mask."""
+"""Normalisation of an 8-bit frame, its focus score and its foreground (cell) mask, and the
+per-image standardisation of the raw frame (``intensity="standardise"``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import cv2
 import numpy as np
 
-from ._common import _BORDER, BoolArray, U8Array, _gauss, _u8
+from ._common import _BORDER, BoolArray, F32Array, U8Array, _gauss, _u8
 from .config import PipelineConfig
 from .qc import _channel_mean, _check_channel_frame, _check_u8, _exact_mean, _to_grey
 
@@ -143,3 +144,73 @@ def foreground_mask(normalised: np.ndarray, config: PipelineConfig) -> BoolArray
 
     mask: BoolArray = fg.astype(bool)
     return mask
+
+
+# Per-image standardisation divides by max(std, _STD_FLOOR_REL * |mean|, _STD_FLOOR_ABS): a flat
+# channel becomes ~0 instead of amplified noise. Relative, so the floor scales with the data and
+# the features stay independent of the bit depth (12-bit data x 16 = the same 16-bit features).
+_STD_FLOOR_REL = 1e-3
+_STD_FLOOR_ABS = 1e-12
+# Standardised values are clipped to +-this many standard deviations (hot or dead pixels).
+_STANDARD_CLIP = 8.0
+# OpenCV's BGR -> grey weights (cv2.COLOR_BGR2GRAY), applied in float to keep every bit.
+_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
+
+
+def standardised_planes(frame: np.ndarray, config: PipelineConfig) -> F32Array:
+    """Model features of ``intensity="standardise"``: (B, height, width) float32, C-contiguous.
+
+    The raw frame at its full bit depth (uint8, uint16 at any significant bit depth, or float):
+    each channel is resized to (height, width) in float32 (``cv2.INTER_AREA`` when shrinking in
+    both directions, else ``cv2.INTER_LINEAR``, as :func:`normalise`), then standardised on its
+    own, ``(x - mean) / max(std, floor)`` over the image, and clipped to +-8. Why: the mean-V +
+    CLAHE path works on the 8-bit view, which throws away the low bits of 12-16-bit cameras and
+    re-maps contrast non-linearly per tile; standardising keeps the measured intensities up to an
+    affine map per image, so the result does not depend on exposure, gain or bit depth.
+
+    Channels: with ``band_source="channels"`` an (H0, W0, C) frame gives C bands (C ==
+    ``config.channels`` when set); otherwise a grey (H0, W0) / (H0, W0, 1) frame gives one band
+    and a BGR (H0, W0, 3) frame its luma (OpenCV's weights). No median filter, no contrast step,
+    no weighted-mean filter and no SSN (``ws`` is 1 by validation).
+
+    Raises:
+        ValueError: a frame layout the config does not accept.
+    """
+    arr = np.asarray(frame)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if config.band_source == "channels":
+        if arr.ndim != 3 or arr.shape[2] < 2:
+            raise ValueError(
+                f"band_source='channels' needs an (H, W, C) frame with C >= 2, got {arr.shape}"
+            )
+        if config.channels is not None and arr.shape[2] != config.channels:
+            raise ValueError(f"frame has {arr.shape[2]} channels, config expects {config.channels}")
+        stack = arr.astype(np.float32)
+    elif arr.ndim == 2:
+        stack = arr.astype(np.float32)[:, :, None]
+    elif arr.ndim == 3 and arr.shape[2] == 3:
+        stack = (arr.astype(np.float32) @ _LUMA_BGR)[:, :, None]
+    else:
+        raise ValueError(
+            f"frame must be grey (H, W) or BGR (H, W, 3), got shape {arr.shape} "
+            "(acquired channels as bands need band_source='channels')"
+        )
+    h0, w0, n = stack.shape
+    shrinking = config.height <= h0 and config.width <= w0
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    planes = np.empty((n, config.height, config.width), dtype=np.float32)
+    for c in range(n):
+        plane: F32Array = np.ascontiguousarray(stack[:, :, c])
+        if (h0, w0) != (config.height, config.width):
+            plane = np.asarray(
+                cv2.resize(plane, (config.width, config.height), interpolation=interp),
+                dtype=np.float32,
+            )
+        mean = float(plane.mean(dtype=np.float64))
+        std = float(plane.std(dtype=np.float64))
+        scale = max(std, _STD_FLOOR_REL * abs(mean), _STD_FLOOR_ABS)
+        np.subtract(plane, np.float32(mean), out=planes[c])
+        planes[c] *= np.float32(1.0 / scale)
+    np.clip(planes, -_STANDARD_CLIP, _STANDARD_CLIP, out=planes)
+    return planes

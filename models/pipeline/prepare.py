@@ -12,7 +12,7 @@ import numpy as np
 from ._common import BoolArray, F32Array, U8Array
 from .bands import _band_planes, _channel_planes
 from .config import PipelineConfig
-from .normalise import focus_score, foreground_mask, normalise
+from .normalise import focus_score, foreground_mask, normalise, standardised_planes
 from .qc import QCReport, _check_channel_frame, quality_check, to_uint8
 from .ssn import _ssn_planes
 
@@ -53,7 +53,10 @@ def prepare(
 
     Returns:
         A :class:`PreparedImage`; ``features`` is (B, height, width) with B = len(config.bands)
-        or, for "channels", B = C. For excluded frames only ``qc`` and timings are filled.
+        or, for "channels", B = C; with ``config.intensity="standardise"`` the per-image
+        standardised raw frame (:func:`standardised_planes`: B = 1 for grey / BGR, C for
+        "channels"), made from ``frame`` at its full bit depth. For excluded frames only ``qc``
+        and timings are filled.
         ``timings_ms`` has "qc" (8-bit conversion, exposure and focus), "normalise", "mask" and
         "hsm" (bands, with the per-channel normalisation for "channels", + SSN); stages not run
         are absent.
@@ -104,8 +107,12 @@ def prepare(
     timings["mask"] = _ms(t0)
 
     t0 = time.perf_counter()
-    planes = _channel_planes(frame8, config) if channels else _band_planes(norm, config)
-    features = _ssn_planes(planes, config)
+    if config.intensity == "standardise":
+        # The raw frame at full bit depth (QC and the mask above used the 8-bit view).
+        features = standardised_planes(frame, config)
+    else:
+        planes = _channel_planes(frame8, config) if channels else _band_planes(norm, config)
+        features = _ssn_planes(planes, config)
     timings["hsm"] = _ms(t0)
 
     return PreparedImage(qc, norm, mask, confluence, features, timings)

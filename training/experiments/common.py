@@ -28,9 +28,13 @@ class ModelSpec:
         return f"{self.name} ({extras})" if extras else self.name
 
 
-def train_config_for(base: TrainConfig, pipeline: PipelineConfig) -> TrainConfig:
-    """``base`` jittering the intensity-like bands of ``pipeline``."""
-    in_bands = pipeline.channels or len(pipeline.bands)
+def train_config_for(
+    base: TrainConfig, pipeline: PipelineConfig, in_bands: int | None = None
+) -> TrainConfig:
+    """``base`` jittering the intensity-like bands of ``pipeline``; ``in_bands`` = the feature
+    band count of the data (needed for ``band_source="channels"`` with ``channels=None``)."""
+    if in_bands is None:
+        in_bands = len(pipeline.band_names(pipeline.channels or 2))
     return replace(base, intensity_bands=jitter_bands(pipeline, in_bands))
 
 

@@ -52,8 +52,9 @@ def write_cv_report(
     """``folds.csv``, ``summary.csv``, ``accuracy.png``, ``roc.png``, ``summary.json`` and
     ``summary.md`` of a CV run; returns ``summary`` with its ``wall_seconds``.
 
-    ``summary`` holds the run's ``summary`` rows (one per variant), ``paired`` tests and
-    ``classes``; ``rows`` are the per-fold rows; ``roc`` the out-of-fold ROC points per variant.
+    ``summary`` holds the run's ``summary`` rows (one per arm), ``paired`` tests (the default
+    against each other arm) and ``classes``; ``rows`` are the per-fold rows; ``roc`` the
+    out-of-fold ROC points per arm.
     """
     summary_rows = summary["summary"]
     paired = summary["paired"]
@@ -79,31 +80,34 @@ def write_cv_report(
         summary_rows,
         [
             "variant",
-            "ws",
-            "k",
-            "images",
-            "groups",
+            "model",
+            "preprocess",
+            "size",
+            "seeds",
             "accuracy mean",
+            "accuracy sd (seeds)",
             "accuracy sd",
             "AUC mean",
-            "AUC sd",
             "pooled OOF AUC",
             "wall s",
         ],
     )
-    extra = ""
-    if paired:
-        extra = (
-            f"\nPaired on the same out-of-fold images: McNemar p = "
-            f"{paired['mcnemar']['p_value']:.3g}, DeLong p = {paired['delong']['p_value']:.3g}.\n"
-        )
+    extra = "".join(
+        f"\n`default` vs `{name}`, paired on the same out-of-fold images (first seed): "
+        f"McNemar p = {test['mcnemar']['p_value']:.3g}, DeLong p = {test['delong']['p_value']:.3g}."
+        for name, test in paired.items()
+    )
+    default = summary.get("arms", {}).get("default", {})
     (out_dir / "summary.md").write_text(
         f"# Grouped {settings.folds}-fold CV on `{data_dir.name}`\n\n"
-        f"Model `{settings.model.name}` {settings.model.options or ''}, input "
-        f"{settings.size} x {settings.size}, TTA {'on' if settings.tta else 'off'}, "
-        f"classes {list(class_names)} (label 1 = "
-        f"{class_names[1] if len(class_names) > 1 else '?'}).\n\n{table}{extra}\n"
-        f"Per fold: `folds.csv`. Figures: `accuracy.png`, `roc.png`.\n"
+        f"Default arm: model `{default.get('model', settings.model.label)}`, preprocessing "
+        f"`{settings.preprocess}`, input {settings.size} x {settings.size}, TTA "
+        f"{'on' if settings.tta else 'off'}; seeds {summary.get('seeds')}; classes "
+        f"{list(class_names)} (label 1 = {class_names[1] if len(class_names) > 1 else '?'}).\n"
+        f"`accuracy mean` is the mean over seeds of each seed's mean fold accuracy, `accuracy "
+        f"sd (seeds)` its sd over seeds, `accuracy sd` the sd over all folds of all seeds.\n\n"
+        f"{table}\n{extra}\n\n"
+        f"Per fold: `folds.csv`. Figures: `accuracy.png`, `roc.png` (first seed).\n"
     )
     return summary
 

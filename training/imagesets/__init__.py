@@ -75,10 +75,13 @@ _Result = TypeVar("_Result")
 _QC_FIXES = {
     "underexposed": (
         "If these are 16-bit files from a camera with fewer significant bits, pass --bit-depth "
-        "(e.g. --bit-depth 12); or lower --min-mean-v"
+        "(e.g. --bit-depth 12); if they are really this dark, lower the pipeline's min_mean_v"
     ),
-    "overexposed": "If the images are bright by design, raise --max-mean-v",
-    "out_of_focus": "If the focus threshold is too strict for these images, lower --min-focus",
+    "overexposed": (
+        "If the files hold fewer significant bits than stated, pass the right --bit-depth; if "
+        "they are bright by design, raise the pipeline's max_mean_v"
+    ),
+    "out_of_focus": "If the focus threshold is too strict, lower the pipeline's min_focus",
 }
 
 
