@@ -63,7 +63,17 @@ def build_hsm_module(config: PipelineConfig) -> nn.Module:
 
     Needs PyTorch. ``forward(normalised (N, 1, H, W)) -> (features (N, B, H, W), neighbours
     (N, K, H, W) int64)``; for ws == 1 ``neighbours`` is an empty (N, 0, H, W) tensor.
+
+    Raises:
+        ValueError: for a pipeline whose features are not the filter bank of one normalised
+            grey image (``band_source="channels"`` or ``intensity="standardise"``): this graph
+            would compute other features than serving does.
     """
+    if config.band_source != "filter_bank" or config.intensity != "mean_v_clahe":
+        raise ValueError(
+            "the HSM graph computes filter-bank bands of the normalised grey image only; got "
+            f"band_source={config.band_source!r}, intensity={config.intensity!r}"
+        )
     return _module_class()(config)
 
 

@@ -265,3 +265,15 @@ def test_cv_trains_a_12_bit_two_channel_ome_tiff_folder_with_no_flags(tmp_path):
     assert arms == ["default", "plaincnn (reference)", "logreg (pixel floor)"]
     assert all(row["images"] == 24 and row["groups"] == 8 for row in summary["summary"])
     assert "McNemar" in (out / "summary.md").read_text()
+
+
+def test_hsm_graph_refuses_features_it_does_not_compute():
+    from models.hsm_onnx import build_hsm_module
+
+    for config in (
+        PipelineConfig(height=32, width=32, ws=1, intensity="standardise"),
+        PipelineConfig(height=32, width=32, ws=1, band_source="channels", channels=2),
+    ):
+        with pytest.raises(ValueError, match="filter-bank bands of the normalised grey image"):
+            build_hsm_module(config)
+    assert build_hsm_module(PipelineConfig(height=32, width=32, ws=1)) is not None
