@@ -99,9 +99,7 @@ def well_result(session: Session, barcode: str, well: str, scan_id: int | None) 
     return result
 
 
-def well_public(
-    session: Session, barcode: str, well: str, scan_id: int | None
-) -> WellResultPublic:
+def well_public(session: Session, barcode: str, well: str, scan_id: int | None) -> WellResultPublic:
     """One well's result as the API shows it, with its stored images' checksums."""
     result = well_result(session, barcode, well, scan_id)
     images = queries.images_by_well(session, result.scan_id, [result.well_id])
@@ -136,17 +134,18 @@ def field_frame(
     *,
     scan_id: int | None,
     field: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, int | None]:
     """The frame of one field as it was acquired ((H, W) or (H, W, C), camera dtype), checked
     against the SHA-256 recorded when it was written: a damaged or incomplete image is a 409
-    (ImageCorruptError), never a silently black or wrong picture."""
+    (ImageCorruptError), never a silently black or wrong picture. With it, the significant bits
+    recorded with the frame (None: not recorded; the caller's camera default applies)."""
     result = well_result(session, barcode, well, scan_id)
     image = queries.field_image(session, result, field)
     if image is None:
         raise NotFoundError(f"well {well} has no field {field}")
     where = f"well {well} field {field} of scan {result.scan_id}"
     try:
-        return image_store.load(image.path, sha256=image.sha256)
+        return image_store.load(image.path, sha256=image.sha256), image_store.bit_depth(image.path)
     except FileNotFoundError as exc:
         raise GoneError(
             f"the stored image of {where} is gone from the image store; re-scan the well"

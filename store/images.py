@@ -74,6 +74,8 @@ _UNITS = {"y": "micrometer", "x": "micrometer"}
 # per level, as it is always read whole; larger cameras are tiled.
 _CHUNK_PX = 1024
 _LEVELS = 2  # s0 as acquired, s1 binned 2 x 2
+# This service's own attributes of a field group (beside NGFF's "ome"): {"bit_depth": 12}.
+_OWN_ATTRS = "mscreen"
 
 
 class CorruptImageError(ValueError):
@@ -218,6 +220,23 @@ class ImageStore:
         channels = (attrs.get("omero") or {}).get("channels") or []
         return tuple(str(ch.get("label", f"channel_{i}")) for i, ch in enumerate(channels))
 
+    @staticmethod
+    def bit_depth(path: str | Path) -> int | None:
+        """The significant bits recorded when the field at ``path`` was written (None: not
+        recorded, i.e. the dtype's full range or a plate written before it was recorded).
+
+        Raises FileNotFoundError if nothing is stored at ``path``, CorruptImageError if its
+        metadata cannot be read.
+        """
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"no image stored at {path}")
+        try:
+            own = zarr.open_group(str(path), mode="r").attrs.asdict().get(_OWN_ATTRS) or {}
+        except Exception as exc:  # zarr raises many types for damaged metadata
+            raise CorruptImageError(f"unreadable metadata ({type(exc).__name__})") from exc
+        value = own.get("bit_depth") if isinstance(own, dict) else None
+        return int(value) if isinstance(value, int) and 8 <= value <= 16 else None
+
     @classmethod
     def verify(cls, path: str | Path, sha256: str) -> bool:
         """True if the stored frame at ``path`` still has checksum ``sha256`` (False if it is
@@ -301,6 +320,10 @@ class ImageStore:
         write_multiscales_metadata(
             group, datasets=datasets, fmt=self._fmt, axes=axes, axes_units=_UNITS, name=name
         )
+        if field.bit_depth is not None:
+            # The camera's significant bits (a 12-bit camera's uint16 data, an imported 12-bit
+            # TIFF): what display and retraining must scale by; NGFF has no field for it.
+            group.attrs.update({_OWN_ATTRS: {"bit_depth": int(field.bit_depth)}})
 
     def _list_well(
         self, plate: zarr.Group, well_path: str, barcode: str, scan_id: int, fields_per_well: int

@@ -417,6 +417,10 @@ def test_cli_dry_run_then_import(tmp_path, monkeypatch):
         assert "(import:metaxpress) completed" in done.output and "failed 0" in done.output
         results = runner.invoke(cli, ["results", "--plate", "CLI-PLATE", "--csv"])
         assert [line.split(",")[0] for line in results.output.splitlines()[1:]] == list(WELLS)
+        # The 12 bits travel with the stored frames: display and retraining scale by them.
+        (plate,) = (tmp_path / "data").rglob("scan-*.ome.zarr")
+        well = WELLS[0]
+        assert ImageStore.bit_depth(plate / well[0] / well[1:] / "0") == 12
     finally:
         get_settings.cache_clear()
 

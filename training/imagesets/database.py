@@ -42,8 +42,10 @@ def _prepare_stored(job: _StoredJob) -> tuple[_StoredJob, np.ndarray | None, np.
             f"stored image {job.name} cannot be used: {exc}; restore the data folder from a "
             "backup or leave that plate out (--plate)"
         ) from exc
+    # The bits recorded with the frame (an imported 12-bit plate) win over the camera default.
+    bit_depth = ImageStore.bit_depth(job.path) or job.bit_depth
     prepared = prepare(
-        frame, job.pipeline, bit_depth=job.bit_depth if frame.dtype == np.uint16 else None
+        frame, job.pipeline, bit_depth=bit_depth if frame.dtype == np.uint16 else None
     )
     if prepared.qc.excluded or prepared.features is None or prepared.mask is None:
         return job, None, None
@@ -69,7 +71,8 @@ def database_image_set(
         session_factory: a SQLAlchemy ``sessionmaker`` (``store.db.make_session_factory``).
         pipeline: the pipeline config to prepare the frames with.
         barcodes: only these plates (default: every plate with FCT labels).
-        bit_depth: significant bits of 16-bit frames (the camera's; default 16).
+        bit_depth: significant bits of 16-bit frames that did not record theirs (the camera's;
+            default 16). Frames stored with a bit depth (imports, a 12-bit camera) use their own.
         workers: processes preparing images (1 = in this process).
         progress: show a progress bar.
 

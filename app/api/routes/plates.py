@@ -96,10 +96,10 @@ def well_image(
     field: FieldQuery = 0,
 ) -> Response:
     """The field as acquired, scaled to 8 bits for display."""
-    frame = wells.field_frame(
+    frame, bit_depth = wells.field_frame(
         session, runtime.image_store, barcode, well, scan_id=scan_id, field=field
     )
-    return Response(image_png(frame, runtime.bit_depth), media_type="image/png")
+    return Response(image_png(frame, bit_depth or runtime.bit_depth), media_type="image/png")
 
 
 @router.get("/{barcode}/wells/{well}/overlay", response_class=Response, responses=PNG)
@@ -113,11 +113,12 @@ def well_overlay(
     field: FieldQuery = 0,
 ) -> Response:
     """The model's per-pixel call (green high, red low) over the normalised field."""
-    frame = wells.field_frame(
+    frame, bit_depth = wells.field_frame(
         session, runtime.image_store, barcode, well, scan_id=scan_id, field=field
     )
     return Response(
-        overlay_png(frame, runtime.classifier, runtime.bit_depth), media_type="image/png"
+        overlay_png(frame, runtime.classifier, bit_depth or runtime.bit_depth),
+        media_type="image/png",
     )
 
 
