@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from cli.common import parse_channel_list
 from hardware.sim import SimulationConfig
 from training.experiments import (
     LEARNING_CURVE_SIZES,
@@ -118,19 +119,9 @@ def _check_device(device: str) -> None:
 _CV = CVSettings()  # the cv defaults (the celltype winner), shown in --help
 
 
-def _channel_list(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        picked = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        picked = ()
-    if not picked or min(picked) < 0 or len(set(picked)) != len(picked):
-        raise typer.BadParameter(
-            f"expected distinct 0-based channel numbers, comma-separated (e.g. 0,1), got {text!r}",
-            param_hint="--channels",
-        )
-    return picked
+def _channel_tuple(text: str | None) -> tuple[int, ...] | None:
+    picked = parse_channel_list(text)
+    return tuple(picked) if picked is not None else None
 
 
 @experiment_cli.command("cv")
@@ -307,7 +298,7 @@ def cv(
         workers=workers,
         group_by=pattern,
         bit_depth=bit_depth,
-        channels=_channel_list(channels),
+        channels=_channel_tuple(channels),
         tta=tta,
         model=spec,
         train=train,
