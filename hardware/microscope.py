@@ -29,6 +29,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from hardware.autofocus import AutofocusReport
 from hardware.plate import SBS_96, PlateGeometry
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class HardwareError(RuntimeError):
 
 class WellAcquisitionError(RuntimeError):
     """One well could not be acquired (camera timeout, stage error); the plate goes on."""
+
+
+class AutofocusError(RuntimeError):
+    """Autofocus found no focus at a site (no reflection, a flat focus curve, the peak at the
+    end of the search): the field is still acquired at the best guess and its well is flagged
+    ``focus_failed``; the plate goes on."""
 
 
 @runtime_checkable
@@ -134,6 +141,11 @@ class ScanPlan:
         objective: "40x" or "100x".
         fields_per_well: fields per well on a centred grid.
         field_spacing_um: distance between neighbouring fields, in um.
+        plate: plate geometry (stage coordinates of the wells).
+        field_offsets_um: explicit (dx, dy) of each field from its well's centre, in um, the
+            same for every well (a useq-schema ``WellPlatePlan``'s points); None: the centred
+            grid of ``fields_per_well`` fields ``field_spacing_um`` apart. When given, its
+            length must equal ``fields_per_well``.
     """
 
     barcode: str
@@ -142,6 +154,20 @@ class ScanPlan:
     fields_per_well: int = 1
     field_spacing_um: float = 1500.0
     plate: PlateGeometry = SBS_96
+    field_offsets_um: tuple[tuple[float, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.field_offsets_um is not None and len(self.field_offsets_um) != self.fields_per_well:
+            raise ValueError(
+                f"field_offsets_um has {len(self.field_offsets_um)} offsets for "
+                f"fields_per_well={self.fields_per_well}"
+            )
+
+    def offsets(self) -> list[tuple[float, float]]:
+        """(dx, dy) of each field from its well's centre, in um, in acquisition order."""
+        if self.field_offsets_um is not None:
+            return [(float(dx), float(dy)) for dx, dy in self.field_offsets_um]
+        return self.plate.field_offsets_um(self.fields_per_well, self.field_spacing_um)
 
 
 @dataclass
@@ -161,6 +187,13 @@ class AcquiredField:
     # dtype's full range. Preprocessing scales by it, so it travels with the frame.
     bit_depth: int | None = None
     metadata: dict[str, object] = field(default_factory=dict)
+    # Focus drive position the frame was exposed at, in um (None: the driver cannot tell).
+    z_um: float | None = None
+    # Instrument time this field took (stage move, autofocus, exposure, readout), in ms: the
+    # simulator's timing model in fast mode, the wall clock on a real microscope.
+    instrument_ms: float | None = None
+    # What autofocus did at this site (None: no autofocus ran, e.g. continuous focus or none).
+    autofocus: AutofocusReport | None = None
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -187,6 +220,17 @@ class WellAcquisition:
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def focus_failed(self) -> bool:
+        """True when autofocus failed at any of the well's fields (the well is flagged)."""
+        return any(f.autofocus is not None and not f.autofocus.ok for f in self.fields)
+
+    @property
+    def instrument_ms(self) -> float | None:
+        """Instrument time of the well's fields together, in ms; None if none reported it."""
+        times = [f.instrument_ms for f in self.fields if f.instrument_ms is not None]
+        return float(sum(times)) if times else None
 
 
 class PlateScanner(Protocol):
@@ -232,7 +276,7 @@ class StepScanner:
     ) -> Iterator[WellAcquisition]:
         self.microscope.load_plate(plan.barcode)
         self.microscope.set_objective(plan.objective)
-        offsets = plan.plate.field_offsets_um(plan.fields_per_well, plan.field_spacing_um)
+        offsets = plan.offsets()
         for well in plan.wells:
             if should_stop():
                 logger.info("scan of %s stopped before well %s", plan.barcode, well)

@@ -38,7 +38,7 @@ def site_label(well: str, index: int, fields_per_well: int) -> str:
 
 def plan_sites(plan: ScanPlan) -> list[Site]:
     """All fields of ``plan`` in acquisition order, at ``well_center_um + field offset``."""
-    offsets = plan.plate.field_offsets_um(plan.fields_per_well, plan.field_spacing_um)
+    offsets = plan.offsets()
     sites = []
     for well in plan.wells:
         cx, cy = plan.plate.well_center_um(well)
