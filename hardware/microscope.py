@@ -66,8 +66,9 @@ class Microscope(Protocol):
 
     def set_objective(self, objective: Objective) -> None: ...
 
-    def load_plate(self, barcode: str) -> None:
-        """The plate ``barcode`` is on the stage (a robot or an operator put it there).
+    def load_plate(self, barcode: str, plate: PlateGeometry = SBS_96) -> None:
+        """The plate ``barcode``, of geometry ``plate``, is on the stage (a robot or an operator
+        put it there).
 
         Real drivers may check it against a barcode reader; the simulator renders that plate.
         """
