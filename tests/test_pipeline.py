@@ -645,7 +645,9 @@ def test_prepare_is_deterministic_and_shapes_are_right() -> None:
     frame = (_textured_frame(dtype=np.float64) * 16).astype(np.uint16)  # 12-bit data
     a = pl.prepare(frame, DEFAULT, bit_depth=12)
     b = pl.prepare(frame.copy(), DEFAULT, bit_depth=12)
-    assert not a.qc.excluded and a.qc.flags == ()
+    # The texture is noise blurred by 3 px: no fine detail, which the focus ratio flags.
+    assert not a.qc.excluded and a.qc.flags == ("out_of_focus",)
+    assert a.qc.reason is None and 0.0 <= a.qc.focus_ratio < DEFAULT.min_focus_ratio
     assert a.qc.focus_score > DEFAULT.min_focus
     assert a.features is not None and b.features is not None
     assert a.features.shape == (len(DEFAULT.bands), 220, 300)

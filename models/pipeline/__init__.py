@@ -10,7 +10,8 @@ The data path (reference paper: Liu et al. 2023, sections 2.2 and 2.4.1)::
       -> to_uint8            8-bit, like the paper's "8-bit grayscale images"
       -> quality_check       mean HSV V > 240 => excluded ("overexposed"); nearly black => excluded
       -> normalise           mean V -> ~130, resize to 220 x 300, median denoise, contrast
-      -> focus score         variance of the Laplacian of the normalised image (flag)
+      -> focus score         variance of the Laplacian of the normalised image, and the
+                             focus ratio of the 8-bit frame (normalise.focus_ratio) (flag)
       -> foreground_mask     PHANTAST-style local contrast -> cell mask, confluence
       -> band_stack          (H, W, B) "spectral" bands from a fixed filter bank
                              (or channel_band_stack: one band per acquired channel, B = C)
@@ -66,7 +67,7 @@ re-exported here, so ``from models.pipeline import ...`` is the import to use)::
     config.py       PipelineConfig, FEATURE_VERSION, the contrast / band-source literals
     qc.py           to_uint8 (bit-depth table), mean_v, grey / channel checks, quality_check,
                     QCReport
-    normalise.py    normalise, focus_score, foreground_mask
+    normalise.py    normalise, focus_score, focus_ratio, foreground_mask
     filter_bank.py  the fixed filters, offsets and scales of the bands (BAND_NAMES)
     bands.py        band_stack, channel_band_stack
     ssn/            weighted_mean_filter, ssn_features, ssn_features_reference; the selection
@@ -85,7 +86,7 @@ from .bands import band_stack, channel_band_stack
 from .config import FEATURE_VERSION, BandSource, ContrastMethod, PipelineConfig
 from .filter_bank import _BANDS as _BANDS
 from .filter_bank import BAND_NAMES
-from .normalise import focus_score, foreground_mask, normalise
+from .normalise import focus_ratio, focus_score, foreground_mask, normalise
 from .prepare import PreparedImage, prepare
 from .qc import QCReport, mean_v, quality_check, to_uint8
 from .ssn import SSNBackend, ssn_features, ssn_features_reference, weighted_mean_filter
@@ -105,6 +106,7 @@ __all__ = [
     "SSNBackend",
     "band_stack",
     "channel_band_stack",
+    "focus_ratio",
     "focus_score",
     "foreground_mask",
     "mean_v",

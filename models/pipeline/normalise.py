@@ -1,8 +1,9 @@
-"""Normalisation of an 8-bit frame, its focus score and its foreground (cell) mask, and the
+"""Normalisation of an 8-bit frame, its focus measures and its foreground (cell) mask, and the
 per-image standardisation of the raw frame (``intensity="standardise"``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import cv2
@@ -90,6 +91,85 @@ def focus_score(normalised: U8Array) -> float:
     """Variance of the Laplacian (3 x 3) of a uint8 image; higher = sharper. Grey levels^2."""
     lap = cv2.Laplacian(normalised, cv2.CV_64F, ksize=1, borderType=_BORDER)
     return float(lap.var())
+
+
+# Focus ratio (see focus_ratio): Gaussian sigmas, in pixels of the 2x-binned frame, of the
+# difference-of-Gaussians bands it compares, and how far the detail band must rise above what
+# camera noise alone puts into it.
+_DETAIL_SIGMAS = (0.5, 2.0)
+_COARSE_SIGMAS = (2.0, 4.0)
+_DETAIL_OVER_NOISE = 4.0
+# Immerkaer (1996) fast noise estimation: the mask cancels smooth image structure up to second
+# order, and mean |I * N| * sqrt(pi / 2) / 6 is the noise sigma of Gaussian noise.
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+FOCUS_RATIO_MIN_SIDE = 32
+"""Smallest frame side (pixels) :func:`focus_ratio` accepts: 16 binned pixels, four times the
+coarse band's sigma."""
+
+
+def _dog_variance(image: F32Array, sigmas: tuple[float, float]) -> float:
+    fine = cv2.GaussianBlur(image, (0, 0), sigmas[0], borderType=_BORDER)
+    coarse = cv2.GaussianBlur(image, (0, 0), sigmas[1], borderType=_BORDER)
+    return float(np.var(fine - coarse))
+
+
+def _noise_variance(image: F32Array) -> float:
+    """Variance of the camera noise in ``image``, estimated (Immerkaer) from the image itself."""
+    response = np.abs(cv2.filter2D(image, cv2.CV_32F, _IMMERKAER, borderType=_BORDER))
+    sigma = float(response[1:-1, 1:-1].mean()) * float(np.sqrt(np.pi / 2.0)) / 6.0
+    return sigma * sigma
+
+
+@functools.lru_cache(maxsize=1)
+def _detail_band_per_noise() -> float:
+    """var(detail band) / var(noise) of white noise: what noise alone puts into the band."""
+    noise = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    return _dog_variance(noise, _DETAIL_SIGMAS) / float(np.var(noise))
+
+
+def focus_ratio(frame8: np.ndarray) -> float:
+    """Sharpness of a frame that does not depend on how many cells it shows; higher = sharper.
+
+    The frame's grey view (channel mean for (H, W, C)) is binned 2 x 2 and split into two
+    difference-of-Gaussians bands: cell detail (sigma 0.5 -> 2 binned pixels, about 1.6-6.5 um
+    at 40x) and coarser structure (2 -> 4). Defocus removes detail before it removes coarse
+    structure, so ``var(detail) / var(coarse)`` falls with blur whatever the confluence or the
+    exposure, where the variance of the Laplacian (:func:`focus_score`) mostly measures how many
+    cells are in view. A frame so blurred (or so empty) that its detail band holds no more than
+    camera noise would give noise's own ratio, which is high; it scores 0.0 instead: detail must
+    exceed ``_DETAIL_OVER_NOISE`` times the noise's share of the band (noise estimated from the
+    frame, Immerkaer 1996).
+
+    Calibrated on the simulator against true defocus: ``benchmarks/focus_qc.py`` (ROC and the
+    threshold ``PipelineConfig.min_focus_ratio``).
+
+    Args:
+        frame8: (H, W), (H, W, 1), BGR (H, W, 3) or channels (H, W, C) uint8, with both sides
+            at least :data:`FOCUS_RATIO_MIN_SIDE`.
+
+    Raises:
+        ValueError: another dtype or shape, or a frame too small.
+    """
+    arr = np.asarray(frame8)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or min(arr.shape[:2]) < FOCUS_RATIO_MIN_SIDE:
+        raise ValueError(
+            f"focus_ratio needs a uint8 (H, W[, C]) frame of at least {FOCUS_RATIO_MIN_SIDE} x "
+            f"{FOCUS_RATIO_MIN_SIDE} pixels, got {arr.dtype} {arr.shape}"
+        )
+    acquired_channels = arr.ndim == 3 and arr.shape[2] not in (1, 3)
+    grey = _channel_mean(arr) if acquired_channels else _to_grey(arr)
+    height, width = grey.shape
+    binned: F32Array = cv2.resize(
+        grey.astype(np.float32), (width // 2, height // 2), interpolation=cv2.INTER_AREA
+    ).astype(np.float32, copy=False)
+    detail = _dog_variance(binned, _DETAIL_SIGMAS)
+    noise_in_detail = _detail_band_per_noise() * _noise_variance(binned)
+    if detail <= _DETAIL_OVER_NOISE * noise_in_detail:
+        return 0.0
+    coarse = _dog_variance(binned, _COARSE_SIGMAS)
+    return detail / max(coarse, 1e-6)
 
 
 def foreground_mask(normalised: np.ndarray, config: PipelineConfig) -> BoolArray:

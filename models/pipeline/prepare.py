@@ -12,7 +12,14 @@ import numpy as np
 from ._common import BoolArray, F32Array, U8Array
 from .bands import _band_planes, _channel_planes
 from .config import PipelineConfig
-from .normalise import focus_score, foreground_mask, normalise, standardised_planes
+from .normalise import (
+    FOCUS_RATIO_MIN_SIDE,
+    focus_ratio,
+    focus_score,
+    foreground_mask,
+    normalise,
+    standardised_planes,
+)
 from .qc import QCReport, _check_channel_frame, quality_check, to_uint8
 from .ssn import _ssn_planes
 
@@ -88,17 +95,19 @@ def prepare(
 
     t0 = time.perf_counter()
     focus = focus_score(norm)
-    if focus < config.min_focus:
+    # Too small to have two bands to compare (test crops): no ratio, and no check of it.
+    ratio = focus_ratio(frame8) if min(frame8.shape[:2]) >= FOCUS_RATIO_MIN_SIDE else None
+    blurred = _out_of_focus(focus, ratio, config)
+    if blurred is not None:
         flags = (*qc.flags, "out_of_focus")
         if config.exclude_out_of_focus:
-            reason = f"focus score {focus:.1f} < {config.min_focus:g}"
-            qc = QCReport(qc.mean_v, focus, True, flags, reason)
+            qc = QCReport(qc.mean_v, focus, True, flags, blurred, ratio or 0.0)
             timings["qc"] += _ms(t0)
-            logger.debug("frame excluded: %s", reason)
+            logger.debug("frame excluded: %s", blurred)
             return PreparedImage(qc, None, None, None, None, timings)
-        qc = QCReport(qc.mean_v, focus, False, flags, None)
+        qc = QCReport(qc.mean_v, focus, False, flags, None, ratio or 0.0)
     else:
-        qc = QCReport(qc.mean_v, focus, qc.excluded, qc.flags, qc.reason)
+        qc = QCReport(qc.mean_v, focus, qc.excluded, qc.flags, qc.reason, ratio or 0.0)
     timings["qc"] += _ms(t0)
 
     t0 = time.perf_counter()
@@ -116,3 +125,12 @@ def prepare(
     timings["hsm"] = _ms(t0)
 
     return PreparedImage(qc, norm, mask, confluence, features, timings)
+
+
+def _out_of_focus(focus: float, ratio: float | None, config: PipelineConfig) -> str | None:
+    """Why a frame is out of focus (both measures are checked), or None if it is not."""
+    if focus < config.min_focus:
+        return f"focus score {focus:.1f} < {config.min_focus:g}"
+    if ratio is not None and ratio < config.min_focus_ratio:
+        return f"focus ratio {ratio:.2f} < {config.min_focus_ratio:g}"
+    return None

@@ -23,6 +23,9 @@ class QCReport:
     excluded: bool
     flags: tuple[str, ...]  # "overexposed", "underexposed", "out_of_focus"; empty when fine
     reason: str | None  # human-readable reason when excluded, e.g. "mean V 247.3 > 240"
+    # Detail over coarse structure of the 8-bit frame (normalise.focus_ratio); 0.0 if not
+    # computed or if no detail rises above the camera noise.
+    focus_ratio: float = 0.0
 
 
 @functools.lru_cache(maxsize=16)
