@@ -7,7 +7,8 @@ um per pixel: 1.625 um at 40x, 0.65 um at 100x with the default 6.5 um sCMOS pix
 image axes agree: image column grows with stage x, image row with stage y.
 
 Image formation, per frame: cell "optical thickness" (phase) is drawn on a float canvas, blurred
-by the PSF and a per-field defocus, and turned into intensity by a high-pass model of phase
+by the PSF and the field's defocus (its cells' distance from the focus drive's z, see
+:mod:`hardware.sim.focus`), and turned into intensity by a high-pass model of phase
 contrast (``phase - 0.8 * blur(phase)``): thin cells look dark, their edges carry bright halos
 and the inside of large flat cells shades off towards the background. Then vignetting, a fixed
 dust pattern, an uneven illumination gradient (plus a meniscus term towards the well wall),
@@ -30,6 +31,7 @@ from hardware.microscope import OBJECTIVES
 from hardware.sim.cells import _blur, _cells_in_view, _draw_phase
 from hardware.sim.channels import PHASE, SimChannel, check_sim_channels
 from hardware.sim.config import FloatArray, SimulationConfig, _rng
+from hardware.sim.focus import surface_z_um
 
 OBJECTIVE_MAGNIFICATION: dict[str, float] = {"40x": 4.0, "100x": 10.0}
 """Objective magnification behind each *total* magnification name (the 10x eyepiece factor
@@ -68,16 +70,38 @@ class _FrameConditions:
     overexposed: bool
 
 
+def _field_defocus(key: tuple[object, ...]) -> tuple[float, float]:
+    """(d, sign) of the field identified by ``key``: its cells lie ``sign * d / blur_per_um``
+    um from the focus surface, so a frame exposed on the surface has defocus sigma ``d`` (um).
+
+    ``d`` is the first draw of the frame's conditions (85 % in 0..1.5 um, else 1.5..4 um); the
+    sign comes from a generator of its own, so the other conditions keep their draws.
+    """
+    return _draw_defocus(_rng(*key, "conditions")), _defocus_sign(key)
+
+
+def _draw_defocus(rng: np.random.Generator) -> float:
+    return rng.uniform(0.0, 1.5) if rng.random() < 0.85 else rng.uniform(1.5, 4.0)
+
+
+def _defocus_sign(key: tuple[object, ...]) -> float:
+    return 1.0 if _rng(*key, "defocus sign").random() < 0.5 else -1.0
+
+
 def _frame_conditions(
     config: SimulationConfig,
     barcode: str,
     key: tuple[object, ...],
     well_offset: tuple[float, float] | None,
+    blur_error_um: float = 0.0,
 ) -> _FrameConditions:
     """Conditions of the frame identified by ``key``; ``well_offset`` is the stage position
-    relative to the well centre (um), None between wells."""
+    relative to the well centre (um), None between wells; ``blur_error_um`` is the focus error
+    (z - surface) times the objective's blur growth per um (0 on the surface)."""
     rng = _rng(*key, "conditions")
-    defocus = rng.uniform(0.0, 1.5) if rng.random() < 0.85 else rng.uniform(1.5, 4.0)
+    drawn = _draw_defocus(rng)
+    # The cells lie sign * drawn / k from the surface: on the surface the blur is the drawn one.
+    defocus = abs(blur_error_um - _defocus_sign(key) * drawn)
     plate_exposure = _rng(config.seed, barcode, "plate exposure").uniform(0.92, 1.08)
     exposure = plate_exposure * rng.uniform(0.88, 1.1)
     direction = rng.uniform(0.0, 2 * np.pi)
@@ -129,6 +153,20 @@ class _Scene:
     key: tuple[object, ...]
 
 
+def _frame_key(
+    config: SimulationConfig,
+    barcode: str,
+    well: str | None,
+    x_um: float,
+    y_um: float,
+    objective: str,
+) -> tuple[object, ...]:
+    """The seeding key of the field at (x_um, y_um): focus, exposure and noise draw from it."""
+    # Positions to the nm, with -0.0 folded into 0.0, so that equal positions share a frame.
+    position = (f"{round(x_um, 3) + 0.0:.3f}", f"{round(y_um, 3) + 0.0:.3f}")
+    return (config.seed, barcode, well, *position, objective)
+
+
 def _scene(
     config: SimulationConfig,
     barcode: str,
@@ -136,15 +174,15 @@ def _scene(
     x_um: float,
     y_um: float,
     objective: str,
+    z_um: float | None = None,
 ) -> _Scene:
     """Draw the cells in view and the conditions of one field; ``well`` is a canonical well
-    name, or None for the plate between wells."""
+    name, or None for the plate between wells; ``z_um`` is the focus drive position, None: on
+    the focus surface."""
     shape = config.camera_shape
     height, width = shape
     pixel_um = pixel_size_um(config, objective)
-    # Positions to the nm, with -0.0 folded into 0.0, so that equal positions share a frame.
-    position = (f"{round(x_um, 3) + 0.0:.3f}", f"{round(y_um, 3) + 0.0:.3f}")
-    key: tuple[object, ...] = (config.seed, barcode, well, *position, objective)
+    key = _frame_key(config, barcode, well, x_um, y_um, objective)
     phase = np.zeros(shape, np.float32)
     well_offset = origin = None
     if well is not None:
@@ -164,7 +202,11 @@ def _scene(
         cells = _cells_in_view(config, barcode, well, box)
         if cells is not None:
             phase = _draw_phase(cells, origin, pixel_um, shape)
-    cond = _frame_conditions(config, barcode, key, well_offset)
+    blur_error = 0.0
+    if z_um is not None:
+        focus_error = float(z_um) - surface_z_um(config, barcode, x_um, y_um)
+        blur_error = config.blur_per_um(objective) * focus_error
+    cond = _frame_conditions(config, barcode, key, well_offset, blur_error)
     return _Scene(phase, cond, origin, pixel_um, key)
 
 
@@ -215,12 +257,14 @@ def _render(
     y_um: float,
     objective: str,
     channel: SimChannel = PHASE,
+    z_um: float | None = None,
 ) -> npt.NDArray[np.uint16]:
-    """Render one frame: ``well`` is a canonical well name, or None for the plate between wells.
+    """Render one frame: ``well`` is a canonical well name, or None for the plate between wells;
+    ``z_um`` the focus drive position (None: on the focus surface).
 
     Returns (H, W) uint16, values < 2**bit_depth.
     """
-    scene = _scene(config, barcode, well, x_um, y_um, objective)
+    scene = _scene(config, barcode, well, x_um, y_um, objective, z_um)
     return _expose_channel(config, scene, channel)
 
 
@@ -281,6 +325,7 @@ def render_field(
     objective: str,
     *,
     channels: Sequence[str] = (),
+    z_um: float | None = None,
 ) -> npt.NDArray[np.uint16]:
     """What the camera sees with the stage at (x_um, y_um) (stage coordinates, um).
 
@@ -290,13 +335,17 @@ def render_field(
     Args:
         channels: names of :data:`hardware.sim.channels.SIM_CHANNELS` to expose, one after the
             other at this position (co-registered); empty: the single phase-contrast frame.
+        z_um: focus drive position, um: the defocus blur sigma grows by
+            :meth:`SimulationConfig.blur_per_um` per um between ``z_um`` and the field's cells
+            (see :mod:`hardware.sim.focus`). None: exposed on the plate's focus surface (where
+            the reflection autofocus locks), as every frame was before the focus drive mattered.
 
     Returns:
         (H, W) uint16 frame, H, W = ``config.camera_shape``, values < 2**``config.bit_depth``;
         with ``channels``, (H, W, C) uint16, channel c through ``channels[c]``, each plane
         bit-identical to what :class:`hardware.sim.SimulatedMicroscope` snaps in that channel.
     """
-    scene = _scene(config, barcode, config.plate.normalise(well), x_um, y_um, objective)
+    scene = _scene(config, barcode, config.plate.normalise(well), x_um, y_um, objective, z_um)
     if not channels:
         return _expose_channel(config, scene)
     planes = [_expose_channel(config, scene, channel) for channel in check_sim_channels(channels)]
