@@ -8,11 +8,17 @@ backend that is not chosen should cost nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from hardware.autofocus import check_autofocus_mode
 from hardware.microscope import PlateScanner, StepScanner
+
+if TYPE_CHECKING:
+    from hardware.sim import SimulationConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +36,15 @@ class BackendOptions:
             is then one (H, W, C) image, for a ``band_source="channels"`` model); empty: one
             frame per field, as always. Simulators offer "Phase", "Brightfield", "Phase+2um",
             "Phase-2um"; a real Micro-Manager needs a config group "Channel" with these presets.
+        autofocus: how each site is focused (``MSCREEN_AUTOFOCUS``): "continuous" (default:
+            the focus lock, as before), "none" (fixed z), "hardware" (the autofocus device's
+            ``fullFocus`` per site), "software" (image-based search) or "map" (focus map); see
+            :data:`hardware.autofocus.AutofocusMode`.
+        sim_timing: the simulators' timing model (``MSCREEN_SIM_TIMING``): "fast" records
+            instrument time without waiting, "realtime" also sleeps it (demos, the page).
+
+    Raises:
+        ValueError: an unknown ``autofocus`` or ``sim_timing``.
     """
 
     simulation_seed: int = 0
@@ -38,6 +53,26 @@ class BackendOptions:
     mm_port: int = 4827
     camera_bit_depth: int | None = None
     acquisition_channels: tuple[str, ...] = ()
+    autofocus: str = "continuous"
+    sim_timing: str = "fast"
+
+    def __post_init__(self) -> None:
+        check_autofocus_mode(self.autofocus)
+        if self.sim_timing not in SIM_TIMINGS:
+            raise ValueError(
+                f"unknown simulator timing {self.sim_timing!r}; expected one of {list(SIM_TIMINGS)}"
+            )
+
+    def simulation_config(self) -> SimulationConfig:
+        """The simulators' configuration from these options (seed, timing mode)."""
+        from hardware.sim import SimulationConfig
+
+        timing: Any = self.sim_timing
+        return SimulationConfig(seed=self.simulation_seed, timing_mode=timing)
+
+
+SIM_TIMINGS: tuple[str, ...] = ("fast", "realtime")
+"""Values of :attr:`BackendOptions.sim_timing` (the simulator's ``timing_mode``)."""
 
 
 @dataclass(frozen=True)
@@ -83,30 +118,32 @@ def get_backend(name: str) -> Backend:
 
 # -- the built-in backends ----------------------------------------------------------------------
 def _simulated_bit_depth(options: BackendOptions) -> int:
-    from hardware.sim import SimulationConfig
-
-    return SimulationConfig(seed=options.simulation_seed).bit_depth
+    return options.simulation_config().bit_depth
 
 
 def _simulated(options: BackendOptions) -> PlateScanner:
-    from hardware.sim import SimulatedMicroscope, SimulationConfig
+    from hardware.sim import SimulatedMicroscope
 
-    microscope = SimulatedMicroscope(SimulationConfig(seed=options.simulation_seed))
-    return StepScanner(microscope, channels=options.acquisition_channels)
+    microscope = SimulatedMicroscope(options.simulation_config())
+    return StepScanner(
+        microscope, channels=options.acquisition_channels, autofocus=options.autofocus
+    )
 
 
 def _pycromanager_sim(options: BackendOptions) -> PlateScanner:
     from hardware.pycromanager import PycromanagerScanner, PycromanagerSettings
-    from hardware.sim import SimulationConfig
     from hardware.sim.mm_devices import build_simulated_core, set_plate
 
-    config = SimulationConfig(seed=options.simulation_seed)
+    config = options.simulation_config()
     core = build_simulated_core(config)
     return PycromanagerScanner(
         core=core,
-        load_plate=lambda barcode: set_plate(core, barcode),
+        # set_plate(core, barcode, plate); PycromanagerScanner passes the plate when it can
+        load_plate=functools.partial(set_plate, core),
         settings=PycromanagerSettings(
-            camera_bit_depth=config.bit_depth, channels=_sim_channels(options)
+            camera_bit_depth=config.bit_depth,
+            channels=_sim_channels(options),
+            autofocus=options.autofocus,
         ),
     )
 
@@ -122,7 +159,9 @@ def _pycromanager(options: BackendOptions) -> PlateScanner:
     from hardware.pycromanager import PycromanagerScanner, PycromanagerSettings
 
     settings = PycromanagerSettings(
-        camera_bit_depth=options.camera_bit_depth, channels=options.acquisition_channels
+        camera_bit_depth=options.camera_bit_depth,
+        channels=options.acquisition_channels,
+        autofocus=options.autofocus,
     )
     if options.mm_app_path is not None:
         if options.mm_config is None:

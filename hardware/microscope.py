@@ -20,6 +20,7 @@ is recorded as failed and the plate goes on); anything else aborts the scan.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,14 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from hardware.autofocus import AutofocusReport
+from hardware.autofocus import (
+    AutofocusMode,
+    AutofocusReport,
+    AutofocusStrategy,
+    FocusDrive,
+    MicroscopeFocusDrive,
+    ScanFocus,
+)
 from hardware.plate import SBS_96, PlateGeometry
 
 logger = logging.getLogger(__name__)
@@ -243,8 +251,8 @@ class PlateScanner(Protocol):
 
 
 class StepScanner:
-    """Acquires a plan well by well with a :class:`Microscope`: move, snap (once per channel),
-    next.
+    """Acquires a plan well by well with a :class:`Microscope`: move, focus, snap (once per
+    channel), next.
 
     Args:
         microscope: the device layer.
@@ -252,13 +260,30 @@ class StepScanner:
         channels: light paths to expose every field through, in order (the microscope must be
             a :class:`ChannelMicroscope`); the field's image is then (H, W, C). Empty (default):
             one (H, W) snap per field through the current light path.
+        autofocus: an :data:`hardware.autofocus.AutofocusMode` or a strategy object
+            (:class:`hardware.autofocus.SoftwareAutofocus`, ...): how each site is focused after
+            the XY move ("continuous", the default: the microscope's focus lock, if any, as
+            before). Focusing needs a microscope with a focus drive (``z_um``, ``move_z``, as
+            the simulator has); software autofocus runs through the first channel.
+
+    Every field records the z it was exposed at (``z_um``, where the microscope tells),
+    the instrument time of its move, autofocus and exposures (``instrument_ms``: the
+    microscope's ``instrument_time_s`` clock where it has one, else the wall clock) and the
+    autofocus report. An autofocus that finds no focus does not fail the well: the field is
+    exposed at the best guess and the report says ``ok=False`` (``WellAcquisition.focus_failed``).
 
     Raises:
-        ValueError: bad channel names, or channels for a microscope that cannot switch them.
+        ValueError: bad channel names, channels for a microscope that cannot switch them, an
+            unknown autofocus mode, or autofocus for a microscope without a focus drive.
     """
 
     def __init__(
-        self, microscope: Microscope, *, retries: int = 1, channels: Sequence[str] = ()
+        self,
+        microscope: Microscope,
+        *,
+        retries: int = 1,
+        channels: Sequence[str] = (),
+        autofocus: AutofocusMode | str | AutofocusStrategy = "continuous",
     ) -> None:
         self.microscope = microscope
         self.retries = retries
@@ -271,12 +296,17 @@ class StepScanner:
                 )
             for name in self.channels:  # an unknown channel fails here, not in the first well
                 microscope.set_channel(name)
+        self.focus = ScanFocus(autofocus)
+        self.drive: FocusDrive | None = None
+        if self.focus.focuses_sites or hasattr(microscope, "move_z"):
+            self.drive = MicroscopeFocusDrive(microscope)  # ValueError without a focus drive
 
     def scan(
         self, plan: ScanPlan, should_stop: Callable[[], bool] = lambda: False
     ) -> Iterator[WellAcquisition]:
-        self.microscope.load_plate(plan.barcode)
+        call_load_plate(self.microscope.load_plate, plan.barcode, plan.plate)
         self.microscope.set_objective(plan.objective)
+        self.focus.prepare(self.drive)
         offsets = plan.offsets()
         for well in plan.wells:
             if should_stop():
@@ -300,8 +330,10 @@ class StepScanner:
         x, y = cx + dx, cy + dy
         for attempt in range(self.retries + 1):
             started = time.perf_counter()
+            instrument_started = self._instrument_time_s()
             try:
                 self.microscope.move_to(x, y)
+                report = self._focus(x, y)
                 image = self._snap(well, index)
             except WellAcquisitionError:
                 if attempt == self.retries:
@@ -320,8 +352,29 @@ class StepScanner:
                 acquisition_ms=(time.perf_counter() - started) * 1000.0,
                 bit_depth=self.microscope.bit_depth,
                 metadata=self._metadata(plan),
+                z_um=self.drive.z_um if self.drive is not None else None,
+                instrument_ms=(self._instrument_time_s() - instrument_started) * 1000.0,
+                autofocus=report,
             )
         raise AssertionError("unreachable")  # the loop either returns or re-raises
+
+    def _focus(self, x: float, y: float) -> AutofocusReport | None:
+        """Focus the site (the stage is at (x, y)) through the first channel."""
+        if self.drive is None or not self.focus.focuses_sites:
+            return None
+        if self.channels:
+            microscope = self.microscope
+            assert isinstance(microscope, ChannelMicroscope)  # checked in __init__
+            microscope.set_channel(self.channels[0])
+        report = self.focus.focus(self.drive, x, y)
+        if report is not None and not report.ok:
+            logger.warning("autofocus failed at (%.0f, %.0f) um: %s", x, y, report.error)
+        return report
+
+    def _instrument_time_s(self) -> float:
+        """The microscope's instrument clock (the simulator's timing model), else wall time."""
+        clock = getattr(self.microscope, "instrument_time_s", None)
+        return float(clock) if isinstance(clock, int | float) else time.perf_counter()
 
     def _snap(self, well: str, index: int) -> np.ndarray:
         """One (H, W) frame, or with channels one exposure per channel stacked to (H, W, C)."""
@@ -340,3 +393,16 @@ class StepScanner:
         if self.channels:
             metadata["channels"] = list(self.channels)
         return metadata
+
+
+def call_load_plate(load: Callable[..., None], barcode: str, plate: PlateGeometry) -> None:
+    """``load(barcode, plate)``; ``load(barcode)`` for a driver whose ``load_plate`` predates
+    plate geometries (it then renders / checks its default plate)."""
+    try:
+        inspect.signature(load).bind(barcode, plate)
+    except TypeError:
+        load(barcode)
+        return
+    except ValueError:  # no signature to inspect (a builtin): try the full call
+        pass
+    load(barcode, plate)

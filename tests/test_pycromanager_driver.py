@@ -219,15 +219,17 @@ def test_adapter_snaps_and_tags_the_frame_with_its_stage_position(make_core):
     adapter = PycromanagerCoreAdapter(core, snap_timeout_s=2.0)
     x, y = SMALL.plate.well_center_um("D6")
     core.setXYPosition(x, y)
-    core.setPosition(12.5)
+    core.enableContinuousFocus(False)  # the reflection autofocus holds Z while it is on
+    core.setPosition(1512.5)
     adapter.snap_image()
     tagged = adapter.get_tagged_image(0, "Camera", 66, 90)
-    assert np.array_equal(tagged.pix, render_field(SMALL, BARCODE, "D6", x, y, "40x"))
+    expected = render_field(SMALL, BARCODE, "D6", x, y, "40x", z_um=1512.5)
+    assert np.array_equal(tagged.pix, expected)
     tags = tagged.tags
     assert tags is not None
     assert tags["XPositionUm"] == pytest.approx(x)
     assert tags["YPositionUm"] == pytest.approx(y)
-    assert tags["ZPositionUm"] == pytest.approx(12.5)
+    assert tags["ZPositionUm"] == pytest.approx(1512.5)
     assert tags["PixelType"] == "GRAY16" and tags["BitDepth"] == 12
 
 

@@ -6,6 +6,15 @@ callback report (:class:`_Run`); :class:`_Collector` groups them into wells, in 
 turns each frame's tags into an :class:`hardware.microscope.AcquiredField`. In a multi-channel
 scan a field is complete when a frame of each channel is in; its planes are stacked, in the
 configured channel order, into one (H, W, C) image.
+
+Autofocus (``PycromanagerSettings.autofocus`` "hardware", "software" or "map"): the pre-hardware
+hook moves the XY stage to the field through the core, focuses there
+(:class:`hardware.autofocus.ScanFocus` on a :class:`hardware.autofocus.CoreFocusDrive`) and sets
+the event's ``"z"`` (absolute focus position, um; pycromanager's ``AcquisitionEvent`` reads it
+into ``zPosition_`` and the engine moves the focus drive there before exposing). The report
+travels to the collector (:class:`_Focused`) and onto the field's ``autofocus``; a field's
+channels share one focus. An autofocus that raises (a camera error during the search) loses the
+field like a lost frame: its well fails and the plate goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +30,7 @@ from typing import Any
 import numpy as np
 from pycromanager.acquisition.acq_eng_py.main.acq_notification import AcqNotification
 
+from hardware.autofocus import AutofocusReport, CoreFocusDrive, ScanFocus
 from hardware.microscope import (
     OBJECTIVES,
     AcquiredField,
@@ -32,12 +42,23 @@ from hardware.pycromanager.plan import Site
 
 logger = logging.getLogger(__name__)
 
+INSTRUMENT_TIME_TAG = "InstrumentTimeS"
+"""Frame tag: the instrument clock after the exposure (the simulated camera's timing model;
+:class:`hardware.pycromanager.engine.PycromanagerCoreAdapter` copies it from the camera)."""
+
 
 # Messages from pycromanager's threads to the scan generator.
 @dataclass
 class _Started:
     label: str
     monotonic: float
+    instrument_s: float | None = None  # the instrument clock at the field's start, if any
+
+
+@dataclass
+class _Focused:
+    label: str
+    report: AutofocusReport
 
 
 @dataclass
@@ -59,7 +80,7 @@ class _Finished:
     pass
 
 
-_Message = _Started | _Frame | _Lost | _Finished
+_Message = _Started | _Focused | _Frame | _Lost | _Finished
 
 
 class _Run:
@@ -69,23 +90,59 @@ class _Run:
     other, so ``current`` names the field whose frame was lost.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        focus: ScanFocus | None = None,
+        drive: Callable[[], CoreFocusDrive] | None = None,
+    ) -> None:
         self.messages: queue.Queue[_Message] = queue.Queue()
         self.current: str | None = None
         self.skip_wells: set[str] = set()  # engine thread only
         self.wells_by_label: dict[str, str] = {}
+        self.focus = focus
+        self._make_drive = drive
+        self._drive: CoreFocusDrive | None = None  # made on the engine thread, on first use
+        self._z_by_label: dict[str, float] = {}  # engine thread only
 
     def image_process_fn(self, image: np.ndarray, metadata: dict[str, Any]) -> None:
         now = datetime.now(UTC)
         self.messages.put(_Frame(image, metadata, now, time.monotonic()))
         # returning None keeps the frame out of pycromanager's storage: we own it now
 
+    def drive(self) -> CoreFocusDrive | None:
+        """The focus drive on the core (made on first use, on the thread that calls it: a
+        Java ``Core`` is not shared across threads)."""
+        if self._drive is None and self._make_drive is not None:
+            self._drive = self._make_drive()
+        return self._drive
+
     def pre_hardware_hook_fn(self, event: dict[str, Any]) -> dict[str, Any] | None:
         label = str(event.get("axes", {}).get("position", ""))
         self.current = label
         if self.wells_by_label.get(label) in self.skip_wells:
             return None  # the well already failed: don't move there for its other fields
-        self.messages.put(_Started(label, time.monotonic()))
+        drive = self.drive()
+        instrument_s = None
+        if drive is not None and drive.has_instrument_clock and label not in self._z_by_label:
+            instrument_s = drive.instrument_time_s()
+        self.messages.put(_Started(label, time.monotonic(), instrument_s))
+        if self.focus is None or not self.focus.focuses_sites or drive is None:
+            return event
+        z = self._z_by_label.get(label)
+        if z is None:  # the field's first event (its other channels share the focus)
+            try:
+                x, y = float(event["x"]), float(event["y"])
+                drive.move_xy(x, y)
+                report = self.focus.focus(drive, x, y)
+            except Exception as exc:  # a broken search loses the field, not the acquisition
+                logger.exception("autofocus at %s raised", label)
+                self.frame_lost(f"autofocus at {label} failed: {type(exc).__name__}: {exc}")
+                return None
+            assert report is not None  # focuses_sites
+            self.messages.put(_Focused(label, report))
+            z = report.z_um
+            self._z_by_label[label] = z
+        event["z"] = z  # the engine moves the focus drive here before exposing
         return event
 
     def frame_lost(self, message: str) -> None:
@@ -104,6 +161,8 @@ class _Run:
 class _WellFrames:
     fields: dict[int, AcquiredField] = field(default_factory=dict)
     started: dict[int, float] = field(default_factory=dict)
+    started_instrument: dict[int, float] = field(default_factory=dict)
+    focus: dict[int, AutofocusReport] = field(default_factory=dict)
     # multi-channel scans: the frames of a field that is not complete yet, by channel
     planes: dict[int, dict[str, _Frame]] = field(default_factory=dict)
 
@@ -154,6 +213,10 @@ class _Collector:
         """File one message from pycromanager's threads (:class:`_Finished` is the caller's)."""
         if isinstance(message, _Started):
             self.started(message)
+        elif isinstance(message, _Focused):
+            site = self.by_label.get(message.label)
+            if site is not None and site.well not in self.done:
+                self.pending[site.well].focus[site.index] = message.report
         elif isinstance(message, _Frame):
             self.frame(message)
         elif isinstance(message, _Lost):
@@ -166,12 +229,15 @@ class _Collector:
     def started(self, message: _Started) -> None:
         site = self.by_label.get(message.label)
         if site is not None and site.well not in self.done:
-            started = self.pending[site.well].started
+            pending = self.pending[site.well]
+            started = pending.started
             if self.channels:
                 # one event per channel: the field's clock starts with its first
                 started.setdefault(site.index, message.monotonic)
             else:
                 started[site.index] = message.monotonic
+            if message.instrument_s is not None:
+                pending.started_instrument.setdefault(site.index, message.instrument_s)
 
     def frame(self, frame: _Frame) -> None:
         """File a frame; its well is ready once all its fields are in."""
@@ -243,14 +309,23 @@ class _Collector:
             raise HardwareError(
                 f"no pixel size for objective {objective}: define a pixel-size config for it"
             )
-        started = self.pending[site.well].started.get(site.index, frame.monotonic)
+        pending = self.pending[site.well]
+        started = pending.started.get(site.index, frame.monotonic)
+        acquisition_ms = (last.monotonic - started) * 1000.0
+        z_um = _optional_float(tags, ("ZPositionUm", "ZPosition_um_Intended"))
+        report = pending.focus.get(site.index)
+        instrument_ms = acquisition_ms  # a real microscope's instrument time is the wall clock
+        instrument_started = pending.started_instrument.get(site.index)
+        instrument_end = _optional_float(last.tags, (INSTRUMENT_TIME_TAG,))
+        if instrument_started is not None and instrument_end is not None:
+            instrument_ms = (instrument_end - instrument_started) * 1000.0
         metadata: dict[str, object] = {
             "microscope": "pycromanager",
             "barcode": self.plan.barcode,
             "position_label": site.label,
             "camera": tags.get("Camera"),
             "exposure_ms": tags.get("Exposure"),
-            "z_um": tags.get("ZPositionUm", tags.get("ZPosition_um_Intended")),
+            "z_um": z_um,
             "bit_depth": tags.get("BitDepth"),
         }
         image = frame.image
@@ -267,9 +342,12 @@ class _Collector:
             objective=self.plan.objective,
             pixel_size_um=pixel_size,
             acquired_at=frame.at,
-            acquisition_ms=(last.monotonic - started) * 1000.0,
+            acquisition_ms=acquisition_ms,
             bit_depth=self.camera_bit_depth,
             metadata=metadata,
+            z_um=z_um,
+            instrument_ms=instrument_ms,
+            autofocus=report,
         )
 
 
@@ -285,6 +363,18 @@ def _stack(site: Site, planes: list[np.ndarray]) -> np.ndarray:
 def _axes(tags: Mapping[str, Any]) -> dict[str, Any]:
     axes = tags.get("Axes", {})
     return axes if isinstance(axes, dict) else {}
+
+
+def _optional_float(tags: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
+    """The first of ``keys`` that the tags have, as a float; None if none."""
+    for key in keys:
+        value = tags.get(key)
+        if value is not None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                continue
+    return None
 
 
 def _float(tags: Mapping[str, Any], keys: tuple[str, ...], default: float) -> float:

@@ -21,7 +21,8 @@ What the engine needs and why each piece is here:
 2. **MMCoreJ-isms.** ``core.TaggedImage(tags, pix)`` and ``core.get_tagged_image(cam_index,
    camera, height, width)``, which mmpycorex patches onto its instance. Provided here; the
    tags also carry what MMCoreJ's ``getTaggedImage`` adds and pymmcore lacks: the stage
-   position when the frame was taken (``XPositionUm``, ``YPositionUm``, ``ZPositionUm``).
+   position when the frame was taken (``XPositionUm``, ``YPositionUm``, ``ZPositionUm``), and
+   the simulated camera's instrument clock (``InstrumentTimeS``) where the camera has it.
 3. **The engine singleton.** ``acq_eng_py``'s ``Engine`` is one per process and holds the
    core that every acquisition uses. :func:`in_process_engine` creates it when missing,
    points it at our adapter for the duration of a ``with`` block and restores it afterwards,
@@ -49,6 +50,8 @@ from typing import Any
 
 from pycromanager.acquisition.acq_eng_py.internal.engine import Engine
 from pycromanager.acquisition.python_backend_acquisitions import PythonBackendAcquisition
+
+from hardware.autofocus import INSTRUMENT_TIME_PROPERTY
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +185,12 @@ class PycromanagerCoreAdapter:
             tags["YPositionUm"] = float(self.core.getYPosition())
         if self.core.getFocusDevice():
             tags["ZPositionUm"] = float(self.core.getPosition())
+        camera = self.core.getCameraDevice()
+        if camera and self.core.hasProperty(camera, INSTRUMENT_TIME_PROPERTY):
+            # the simulated camera's timing model: instrument seconds after this exposure
+            tags[INSTRUMENT_TIME_PROPERTY] = float(
+                self.core.getProperty(camera, INSTRUMENT_TIME_PROPERTY)
+            )
         return tags
 
     def get_tagged_image(

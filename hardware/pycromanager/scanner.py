@@ -18,6 +18,11 @@ Channels: with ``settings.channels`` every field is exposed once per channel (pr
 ``settings.channel_group``, switched by pycromanager per event) and delivered as one (H, W, C)
 image; the objective preset is then set once before the acquisition.
 
+Autofocus: ``settings.autofocus`` (see :class:`PycromanagerSettings`); the mode is prepared at
+scan start (continuous focus on or off) and sites are focused in the pre-hardware hook
+(:mod:`hardware.pycromanager.collector`). Each field carries ``z_um``, ``autofocus`` and
+``instrument_ms`` (the simulated camera's instrument clock, else the wall clock).
+
 Failures: a frame the camera does not deliver (error or ``snap_timeout_s``) fails its well,
 ``WellAcquisition(well, [], error=...)``, and the plate goes on (in-process engine). Any other
 error aborts pycromanager's acquisition; the well in flight is then failed and a fresh
@@ -37,7 +42,8 @@ from typing import Any
 
 from pycromanager import Core, JavaBackendAcquisition, start_headless, stop_headless
 
-from hardware.microscope import ScanPlan, WellAcquisition
+from hardware.autofocus import CoreFocusDrive, ScanFocus
+from hardware.microscope import ScanPlan, WellAcquisition, call_load_plate
 from hardware.pycromanager.acquisition import _FailureCounter, _OneAcquisition, _Outcome
 from hardware.pycromanager.collector import _Collector, _Run
 from hardware.pycromanager.engine import in_process_engine
@@ -59,8 +65,10 @@ class PycromanagerScanner:
             running Micro-Manager (Java) on ``port``.
         port: Micro-Manager's ZMQ server port (Java only).
         settings: timeouts and failure policy.
-        load_plate: called with the plan's barcode before each scan (a plate handler or
-            barcode check; for the simulator :func:`hardware.sim.mm_devices.set_plate`).
+        load_plate: called with the plan's barcode and plate geometry
+            (``load_plate(barcode, plate)``; a callable taking only the barcode is called with
+            that) before each scan: a plate handler or barcode check; for the simulator
+            :func:`hardware.sim.mm_devices.set_plate`.
     """
 
     name = "pycromanager"
@@ -71,13 +79,14 @@ class PycromanagerScanner:
         core: Any | None = None,
         port: int = DEFAULT_PORT,
         settings: PycromanagerSettings | None = None,
-        load_plate: Callable[[str], None] | None = None,
+        load_plate: Callable[..., None] | None = None,
     ) -> None:
         self.core = core
         self.port = port
         self.settings = settings if settings is not None else PycromanagerSettings()
         self.load_plate = load_plate
         self._headless = False
+        self._focus = ScanFocus(self.settings.autofocus)
 
     @classmethod
     def start_headless(
@@ -91,7 +100,7 @@ class PycromanagerScanner:
         buffer_size_mb: int = 1024,
         max_memory_mb: int = 2000,
         settings: PycromanagerSettings | None = None,
-        load_plate: Callable[[str], None] | None = None,
+        load_plate: Callable[..., None] | None = None,
     ) -> PycromanagerScanner:
         """Start Micro-Manager headless from an install and return a scanner on it.
 
@@ -138,8 +147,10 @@ class PycromanagerScanner:
             HardwareError: the microscope cannot go on (see the module docstring).
         """
         if self.load_plate is not None:
-            self.load_plate(plan.barcode)
+            call_load_plate(self.load_plate, plan.barcode, plan.plate)
         self._set_device_timeout()
+        self._focus = ScanFocus(self.settings.autofocus)
+        self._focus.prepare(self._focus_drive())
         if self.settings.channels:
             self._set_objective(plan.objective)
         sites = plan_sites(plan)
@@ -191,7 +202,7 @@ class PycromanagerScanner:
     ) -> Generator[WellAcquisition, None, _Outcome]:
         """Run one pycromanager acquisition over ``sites``; yields wells, returns how it
         ended."""
-        run = _Run()
+        run = _Run(self._focus, self._focus_drive)
         run.wells_by_label = {site.label: site.well for site in sites}
         settings = self.settings
         events = plan_events(
@@ -230,6 +241,11 @@ class PycromanagerScanner:
             port=self.port,
             timeout=int(self.settings.connect_timeout_s * 1000),
         )
+
+    def _focus_drive(self) -> CoreFocusDrive:
+        """A focus drive on this scanner's core (a new Java ``Core`` per call: one per thread)."""
+        core = self.core if self.core is not None else Core(port=self.port)
+        return CoreFocusDrive(core, z_limits_um=self.settings.z_limits_um)
 
     def _set_objective(self, objective: str) -> None:
         """Select ``objective`` (a preset of ``objective_group``) and wait for it: in a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hardware.autofocus import AutofocusMode, AutofocusStrategy, check_autofocus_mode
 from hardware.microscope import check_channels
 
 
@@ -35,6 +36,15 @@ class PycromanagerSettings:
             it delivers; None: the dtype's full range. (The camera's own ``BitDepth`` tag is kept
             in each field's metadata but not trusted on its own: stored frames do not record a
             bit depth yet, and training on them must see what serving saw.)
+        autofocus: how each field is focused (:data:`hardware.autofocus.AutofocusMode`, or a
+            tuned strategy object such as ``SoftwareAutofocus(coarse_range_um=40)``):
+            "continuous" (default) switches the core's continuous focus on at scan start where
+            there is an autofocus device and otherwise leaves z alone; "none" switches it off
+            (a fixed-z scan); "hardware" calls ``fullFocus`` per field; "software" / "map"
+            search with images. See :mod:`hardware.pycromanager.collector`.
+        z_limits_um: (lowest, highest) focus position a software search may use, um; None:
+            the focus device's ``LowerLimit(um)`` / ``UpperLimit(um)`` properties, else unbounded
+            (the search stays within its range of where it starts).
     """
 
     snap_timeout_s: float = 10.0
@@ -47,8 +57,14 @@ class PycromanagerSettings:
     channels: tuple[str, ...] = ()
     channel_group: str = "Channel"
     camera_bit_depth: int | None = None
+    autofocus: AutofocusMode | str | AutofocusStrategy = "continuous"
+    z_limits_um: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.autofocus, str):
+            object.__setattr__(self, "autofocus", check_autofocus_mode(self.autofocus))
+        if self.z_limits_um is not None and not self.z_limits_um[0] < self.z_limits_um[1]:
+            raise ValueError(f"z_limits_um must be (lower, upper), got {self.z_limits_um}")
         for name in (
             "snap_timeout_s",
             "device_timeout_s",
