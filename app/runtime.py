@@ -184,6 +184,8 @@ def backend_options(settings: Settings) -> BackendOptions:
         mm_port=settings.mm_port,
         camera_bit_depth=settings.camera_bit_depth,
         acquisition_channels=settings.acquisition_channels,
+        autofocus=settings.autofocus,
+        sim_timing=settings.sim_timing,
     )
 
 

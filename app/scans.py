@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
@@ -14,7 +15,9 @@ from app.auth import audit
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.schemas.plates import WellResultPublic
 from app.schemas.scans import ScanCreate, ScanPage, ScanPublic
-from hardware.plate import SBS_96, PlateGeometry
+from hardware.microscope import Objective
+from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
+from hardware.plate import SBS_96, PlateGeometry, plate_geometry
 from store import queries
 from store.db import session_scope
 from store.orm import Scan, ScanStatus
@@ -48,6 +51,10 @@ def same_request_or_error(scan: Scan, key: str, request: ScanCreate) -> Scan:
     return scan
 
 
+class PlateTypeConflictError(ConflictError):
+    """The plate is already stored with another plate type than the request's plan."""
+
+
 def create_scan(
     session: Session,
     request: ScanCreate,
@@ -56,27 +63,62 @@ def create_scan(
     requested_by: str | None = None,
     idempotency_key: str | None = None,
     geometry: PlateGeometry = SBS_96,
+    field_of_view: Callable[[Objective], tuple[float, float]] = simulated_field_of_view_um,
 ) -> Scan:
     """Queue the scan ``request`` asks for (default: every well) on ``microscope``.
 
-    Raises WellNameError or ValueError naming the offending well.
+    A request with a ``plate_plan`` scans the plan's wells and points on a plate of the plan's
+    type; otherwise the wells are checked against the plate's own geometry (a stored plate's
+    type, or ``geometry`` for a new one).
+
+    Args:
+        geometry: the geometry of a new plate scanned without a plan (the 96-well plate).
+        field_of_view: (width, height) in um of a camera field at an objective: every field of
+            a plan must lie inside its well.
+
+    Raises:
+        WellNameError or ValueError: naming the offending well, or what is wrong with the plan
+            (a point too near the wall, an unsupported plate type).
+        PlateTypeConflictError: the plate is stored with another type than the plan's.
     """
-    wells = request.wells
-    names = list(geometry.well_names) if not wells else [geometry.normalise(w) for w in wells]
+    plan_json = request.plate_plan
+    fields_per_well = request.fields_per_well
+    existing = queries.find_plate(session, request.plate_barcode)
+    if plan_json is not None:
+        plan = scan_plan_from_useq(
+            plan_json,
+            barcode=request.plate_barcode,
+            objective=request.objective,
+            field_of_view_um=field_of_view(request.objective),
+        )
+        geometry = plan.plate
+        names = list(plan.wells)
+        fields_per_well = plan.fields_per_well
+        if existing is not None and plate_geometry(existing.plate_type).name != geometry.name:
+            raise PlateTypeConflictError(
+                f"plate {request.plate_barcode!r} is stored as a {existing.plate_type} plate; "
+                f"the plate plan is for a {geometry.name} plate"
+            )
+    else:
+        if existing is not None:
+            geometry = plate_geometry(existing.plate_type)
+        wells = request.wells
+        names = list(geometry.well_names) if not wells else [geometry.normalise(w) for w in wells]
     duplicates = sorted({w for w in names if names.count(w) > 1})
     if duplicates:
         raise ValueError(f"wells listed twice: {', '.join(duplicates)}")
-    plate = queries.get_or_create_plate(session, request.plate_barcode, geometry)
+    plate = existing or queries.get_or_create_plate(session, request.plate_barcode, geometry)
     scan = Scan(
         plate=plate,
         objective=request.objective,
-        fields_per_well=request.fields_per_well,
+        fields_per_well=fields_per_well,
         wells_requested=names,
         microscope=microscope,
         wells_done=0,
         requested_by=requested_by,
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint(request),
+        plate_plan=plan_json,
     )
     session.add(scan)
     session.flush()
@@ -125,9 +167,10 @@ def start_scan(
 ) -> Scan:
     """Queue ``request`` (committed), or return the scan an earlier same-key request queued.
 
-    Raises InvalidRequestError (a bad well list, a key reused for another body: whether that
-    earlier request committed long ago or a moment ago in a concurrent race) or ConflictError
-    (concurrent requests kept changing this plate: retry).
+    Raises InvalidRequestError (a bad well list or plate plan, a key reused for another body:
+    whether that earlier request committed long ago or a moment ago in a concurrent race) or
+    ConflictError (the plate is stored with another type than the plan's; concurrent requests
+    kept changing this plate: retry).
     """
     for _attempt in range(START_ATTEMPTS):
         if idempotency_key:
@@ -150,9 +193,12 @@ def start_scan(
             # A concurrent request committed first: the same key (the next look finds its
             # scan), or the same new plate (the next attempt uses the plate it created).
             session.rollback()
-        except ValueError as exc:  # WellNameError, or wells listed twice
+        except ValueError as exc:  # WellNameError, wells listed twice, a bad plate plan
             session.rollback()
             raise InvalidRequestError(str(exc)) from exc
+        except PlateTypeConflictError:
+            session.rollback()
+            raise
     raise ConflictError(
         f"concurrent requests kept changing plate {request.plate_barcode!r}; retry the request"
     )

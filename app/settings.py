@@ -60,6 +60,19 @@ class Settings(StoreSettings):
         default=11240.0, description="Stage y of well A1's centre, um (plate calibration)."
     )
     simulation_seed: int = 0
+    autofocus: Literal["none", "continuous", "hardware", "software", "map"] = Field(
+        default="continuous",
+        description="How each field is focused: continuous (the focus drive's reflection lock "
+        "holds focus through every move), hardware (one reflection-autofocus search, "
+        "Micro-Manager's fullFocus, per field), software (a coarse-to-fine image search per "
+        "field), map (a focus map fitted from sites already focused; searches only near its "
+        "prediction), none (a fixed z).",
+    )
+    sim_timing: Literal["fast", "realtime"] = Field(
+        default="fast",
+        description="Simulated instrument timing: fast records instrument time without "
+        "waiting (tests); realtime also sleeps it (demos, the page at an instrument's pace).",
+    )
     worker_enabled: bool = True
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     auto_migrate: bool = Field(

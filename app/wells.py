@@ -24,7 +24,7 @@ from app.schemas.plates import (
     WellResultPublic,
 )
 from app.schemas.scans import ScanPublic
-from hardware.plate import SBS_96, WellNameError
+from hardware.plate import WellNameError, plate_geometry
 from store import queries
 from store.images import CorruptImageError, ImageStore
 from store.orm import Plate, Scan, WellResult
@@ -89,7 +89,7 @@ def plate_wells(
 def well_result(session: Session, barcode: str, well: str, scan_id: int | None) -> WellResult:
     plate = plate_or_error(session, barcode)
     try:
-        name = SBS_96.normalise(well)
+        name = plate_geometry(plate.plate_type).normalise(well)
     except WellNameError as exc:
         raise InvalidRequestError(str(exc)) from exc
     scan = scan_or_error(session, plate, scan_id)

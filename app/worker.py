@@ -15,6 +15,7 @@ result impossible. One scan runs per microscope at a time; the others wait in id
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -29,8 +30,9 @@ from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.classifier import WellCall, WellClassifier
-from hardware.microscope import HardwareError, PlateScanner, ScanPlan, WellAcquisition
-from hardware.plate import SBS_96, PlateGeometry
+from hardware.microscope import HardwareError, Objective, PlateScanner, ScanPlan, WellAcquisition
+from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
+from hardware.plate import SBS_96, PlateGeometry, plate_geometry
 from store.db import session_scope
 from store.images import ImageStore
 from store.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
@@ -56,6 +58,9 @@ class WorkerContext:
     microscope_name: str
     plate: PlateGeometry = SBS_96  # calibrated geometry: where A1's centre is on this stage
     model_problem: str | None = None
+    # (width, height) in um of a camera field at an objective, to check a plan's fields lie
+    # inside their wells (as create_scan checked them).
+    field_of_view: Callable[[Objective], tuple[float, float]] = simulated_field_of_view_um
 
 
 def _now() -> datetime:
@@ -88,6 +93,8 @@ class ScanWorker:
         self._thread: threading.Thread | None = None
         # Progress callback (e.g. the CLI's progress bar): (scan_id, wells_done, wells_total).
         self.on_progress: Callable[[int, int, int], None] | None = None
+        # Image stores of other plate types than the service's (one HCS grid per type).
+        self._stores: dict[str, ImageStore] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -240,13 +247,7 @@ class ScanWorker:
                 )
             )
             remaining = [w for w in scan.wells_requested if w not in done]
-            plan = ScanPlan(
-                barcode=scan.plate.barcode,
-                wells=remaining,
-                objective=scan.objective,  # type: ignore[arg-type]  # validated by the API
-                fields_per_well=scan.fields_per_well,
-                plate=self.context.plate,
-            )
+            plan = dataclasses.replace(self._plan(scan), wells=remaining)
             well_ids = {w.name: w.id for w in scan.plate.wells}
             total = scan.wells_total
         if done:
@@ -275,6 +276,28 @@ class ScanWorker:
             logger.info("scan %d stopped before its end (cancelled or shutting down)", scan_id)
             return
         self._finish(scan_id, ScanStatus.completed, None)
+
+    def _plan(self, scan: Scan) -> ScanPlan:
+        """What ``scan`` acquires: its plate plan's geometry, wells and points when it has one;
+        else its wells on the plate's own geometry (the calibrated one for the 96-well plate)."""
+        objective: Objective = scan.objective  # type: ignore[assignment]  # validated by the API
+        if scan.plate_plan is not None:
+            return scan_plan_from_useq(
+                scan.plate_plan,
+                barcode=scan.plate.barcode,
+                objective=objective,
+                field_of_view_um=self.context.field_of_view(objective),
+            )
+        geometry = plate_geometry(scan.plate.plate_type)
+        if geometry.name == self.context.plate.name:
+            geometry = self.context.plate
+        return ScanPlan(
+            barcode=scan.plate.barcode,
+            wells=list(scan.wells_requested),
+            objective=objective,
+            fields_per_well=scan.fields_per_well,
+            plate=geometry,
+        )
 
     def _should_stop(self, scan_id: int) -> bool:
         with session_scope(self.context.session_factory) as session:
@@ -321,8 +344,9 @@ class ScanWorker:
                     return None
                 state = status.value if status is not None else "deleted"
                 raise LeaseLostError(f"scan {scan_id} is no longer ours ({state})")
+            image_store = self._image_store(plan.plate)
             for field, outcome in zip(acquisition.fields, call.fields if call else [], strict=True):
-                stored = self.context.image_store.save(
+                stored = image_store.save(
                     plan.barcode, scan_id, field, fields_per_well=plan.fields_per_well
                 )
                 qc = outcome.prepared.qc
@@ -347,10 +371,23 @@ class ScanWorker:
                         qc_flags=list(qc.flags),
                         probability=outcome.probability,
                         confluence_pct=outcome.prepared.confluence_pct,
+                        z_um=field.z_um,
+                        autofocus=field.autofocus.to_dict() if field.autofocus else None,
                     )
                 )
             session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
             return int(bumped)
+
+    def _image_store(self, plate: PlateGeometry) -> ImageStore:
+        """The image store for a plate of ``plate``'s type: the service's own for its plate
+        type, else one on the same root with that plate's HCS grid (rows x columns)."""
+        store = self.context.image_store
+        if store.plate.name == plate.name:
+            return store
+        cached = self._stores.get(plate.name)
+        if cached is None:
+            cached = self._stores[plate.name] = ImageStore(store.root, plate=plate)
+        return cached
 
     def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> None:
         """Record the outcome, only if the scan is still running under our lease (a cancel
@@ -387,6 +424,7 @@ def _result_row(
         "well_id": well_id,
         "model_version_id": model_version_id,
         "acquisition_ms": sum(f.acquisition_ms for f in acquisition.fields),
+        "instrument_ms": acquisition.instrument_ms,
     }
     if call is None:
         return WellResult(
@@ -396,11 +434,14 @@ def _result_row(
             fields_used=0,
             **common,
         )
+    flags = list(call.qc_flags)
+    if acquisition.focus_failed and "focus_failed" not in flags:
+        flags.append("focus_failed")  # the fields were acquired at autofocus's best guess
     return WellResult(
         status=WellStatus.ok if call.label is not None else WellStatus.excluded,
         label=call.label,
         probability=call.probability,
-        qc_flags=call.qc_flags,
+        qc_flags=flags,
         fields_used=call.fields_used,
         confluence_pct=call.confluence_pct,
         preprocessing_ms=call.preprocessing_ms,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -42,6 +43,14 @@ def scan(
     wells: Annotated[
         str | None, typer.Option(help="Comma-separated wells (default: all 96), e.g. A1,B7.")
     ] = None,
+    plate_plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--plate-plan",
+            help="A useq-schema WellPlatePlan (.json, .yaml): plate type, A1's stage centre, "
+            "rotation, selected wells and the points in each well; replaces --wells and --fields.",
+        ),
+    ] = None,
     server: Annotated[
         str | None,
         typer.Option(help="URL of a running service; default: run in this process."),
@@ -56,21 +65,49 @@ def scan(
     if objective not in ("40x", "100x"):
         raise UserError(f"--objective must be 40x or 100x, not {objective!r}")
     well_list = [w.strip() for w in wells.split(",") if w.strip()] if wells else None
-    body = {
+    body: dict[str, object] = {
         "plate_barcode": plate,
         "objective": objective,
         "fields_per_well": fields,
         "wells": well_list,
     }
+    if plate_plan is not None:
+        if well_list is not None or fields != 1:
+            raise UserError(
+                "--plate-plan names the wells (selected_wells) and fields (well_points_plan); "
+                "drop --wells and --fields"
+            )
+        body["plate_plan"] = _read_plate_plan(plate_plan)
     from cli.platemap import render_plate_map
+    from hardware.plate import plate_geometry
 
-    results = _scan_remote(server, body, api_key) if server else _scan_local(get_settings(), body)
-    typer.echo(render_plate_map(results, color=sys.stdout.isatty()))
+    results, plate_type = (
+        _scan_remote(server, body, api_key) if server else _scan_local(get_settings(), body)
+    )
+    geometry = plate_geometry(plate_type)
+    typer.echo(render_plate_map(results, color=sys.stdout.isatty(), geometry=geometry))
     if compare_truth:
         _print_truth_comparison(plate, results)
 
 
-def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultPublic]:
+def _read_plate_plan(path: Path) -> dict[str, object]:
+    """The WellPlatePlan in ``path`` as the JSON object a scan request carries."""
+    import useq
+    from pydantic import ValidationError
+
+    if path.suffix not in (".json", ".yaml", ".yml"):
+        raise UserError(f"--plate-plan {path}: expected a .json or .yaml WellPlatePlan")
+    try:
+        plan = useq.WellPlatePlan.from_file(path)
+    except FileNotFoundError:
+        raise UserError(f"--plate-plan {path}: no such file") from None
+    except (ValidationError, ValueError) as exc:
+        raise UserError(f"--plate-plan {path} is not a valid WellPlatePlan: {exc}") from None
+    dumped: dict[str, object] = plan.model_dump(mode="json")
+    return dumped
+
+
+def _scan_local(settings: Settings, body: dict[str, object]) -> tuple[list[WellResultPublic], str]:
     from app.runtime import build_runtime
     from app.scans import create_scan
     from app.schemas.plates import WellResultPublic
@@ -83,9 +120,12 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultP
     runtime = build_runtime(settings)
     try:
         runtime.require_model()  # degraded (no model can serve): say why before writing a scan
-        with session_scope(runtime.session_factory) as session:
-            scan_row = create_scan(session, request, microscope=runtime.microscope_name)
-            scan_id, total = scan_row.id, scan_row.wells_total
+        try:
+            with session_scope(runtime.session_factory) as session:
+                scan_row = create_scan(session, request, microscope=runtime.microscope_name)
+                scan_id, total = scan_row.id, scan_row.wells_total
+        except ValueError as exc:  # a well twice, a plan's field too near a well's wall
+            raise UserError(str(exc)) from None
         typer.echo(
             f"scan {scan_id} of {request.plate_barcode}: {total} wells at {request.objective}, "
             f"model {runtime.model.name} v{runtime.model.version} on {runtime.model.provider}",
@@ -104,14 +144,14 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> list[WellResultP
             + (f": {public.error}" if public.error else ""),
             err=True,
         )
-        return results
+        return results, public.plate_type
     finally:
         runtime.close()
 
 
 def _scan_remote(
     server: str, body: dict[str, object], api_key: str | None
-) -> list[WellResultPublic]:
+) -> tuple[list[WellResultPublic], str]:
     from app.schemas.plates import PlateWellsPublic
     from app.schemas.scans import ScanPublic
 
@@ -133,7 +173,7 @@ def _scan_remote(
             )
         response = http.get(f"/api/v1/plates/{body['plate_barcode']}/wells")
         raise_for_api(response)
-        return PlateWellsPublic.model_validate(response.json()).wells
+        return PlateWellsPublic.model_validate(response.json()).wells, scan_public.plate_type
 
 
 def _print_truth_comparison(barcode: str, results: list[WellResultPublic]) -> None:

@@ -61,7 +61,7 @@ from ome_zarr.writer import (
 )
 
 from hardware.microscope import MAX_CHANNELS, AcquiredField
-from hardware.plate import SBS_96, PlateGeometry
+from hardware.plate import SBS_96, PlateGeometry, row_name
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ImageStore:
         self.root = Path(root)
         self.plate = plate
         self._fmt: Format = FormatV05() if ngff_version == "0.5" else FormatV04()
-        self._rows = [chr(ord("A") + r) for r in range(plate.rows)]
+        self._rows = [row_name(r) for r in range(plate.rows)]
         self._columns = [str(c + 1) for c in range(plate.columns)]
 
     def plate_path(self, barcode: str, scan_id: int) -> Path:

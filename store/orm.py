@@ -19,9 +19,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    select,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 # Deterministic constraint names so migrations are the same on SQLite and PostgreSQL.
@@ -159,6 +161,9 @@ class Scan(Base):
     # means its worker died, and another (or the restarted one) resumes the scan.
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
+    # The useq-schema WellPlatePlan the scan was asked for (its JSON), None for a wells list:
+    # the worker takes the plate's rotation, A1 and the points in each well from it.
+    plate_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     plate: Mapped[Plate] = relationship(back_populates="scans")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -169,6 +174,12 @@ class Scan(Base):
     @property
     def wells_total(self) -> int:
         return len(self.wells_requested)
+
+    @property
+    def instrument_s(self) -> float | None:
+        """Instrument time of the wells done so far, in seconds; None if none reported it."""
+        total: float | None = self.instrument_ms_total  # type: ignore[attr-defined]
+        return None if total is None else total / 1000.0
 
 
 class Image(Base):
@@ -195,6 +206,10 @@ class Image(Base):
     qc_flags: Mapped[list[str]] = mapped_column(JSON)
     probability: Mapped[float | None] = mapped_column(Float)
     confluence_pct: Mapped[float | None] = mapped_column(Float)
+    # Focus drive position at exposure (None: the driver cannot tell), and what autofocus did
+    # at this site (AutofocusReport.to_dict(); None: no autofocus ran).
+    z_um: Mapped[float | None] = mapped_column(Float)
+    autofocus: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class WellResult(Base):
@@ -222,11 +237,24 @@ class WellResult(Base):
     acquisition_ms: Mapped[float] = mapped_column(Float, default=0.0)
     preprocessing_ms: Mapped[float] = mapped_column(Float, default=0.0)
     inference_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # Instrument time of the well's fields (moves, focus, exposure, readout); None: not reported.
+    instrument_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     scan: Mapped[Scan] = relationship(back_populates="results")
     well: Mapped[Well] = relationship()
     model_version: Mapped[ModelVersion | None] = relationship()
+
+
+# Loaded with the scan in the same SELECT (a listing page is one query, not one per scan); a
+# SUM over no non-NULL rows is NULL: no instrument time reported. Added after WellResult,
+# which it reads.
+Scan.instrument_ms_total = column_property(
+    select(func.sum(WellResult.instrument_ms))
+    .where(WellResult.scan_id == Scan.id)
+    .correlate_except(WellResult)
+    .scalar_subquery()
+)
 
 
 class ManualCall(Base):

@@ -13,10 +13,12 @@ from store.orm import FctMeasurement, Image, Plate, Scan, ScanStatus, Well, Well
 
 
 def get_or_create_plate(session: Session, barcode: str, geometry: PlateGeometry = SBS_96) -> Plate:
+    """The plate ``barcode``, or a new one of type ``geometry.name`` with every well of that
+    geometry (an existing plate is returned as it is: the caller checks its type)."""
     plate = session.scalar(select(Plate).where(Plate.barcode == barcode))
     if plate is not None:
         return plate
-    plate = Plate(barcode=barcode)
+    plate = Plate(barcode=barcode, plate_type=geometry.name)
     session.add(plate)
     for name in geometry.well_names:
         row, column = geometry.parse(name)

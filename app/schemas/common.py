@@ -18,12 +18,18 @@ from models.training_spec import BARCODE_PATTERN, MODEL_NAME_PATTERN
 MAX_ID = 2**31 - 1
 
 KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
-# A well of a 96-well plate as people write it: row letter, column 1..12, optional leading zero.
-WELL_PATTERN = r"^[A-Ha-h](0?[1-9]|1[0-2])$"
+# A well of a plate of up to 384 wells as people write it: row letter A..P, column 1..24,
+# optional leading zero. Whether the plate has that well is checked against its geometry (A13
+# on a 96-well plate is a 422 naming the plate's range).
+WELL_PATTERN = r"^[A-Pa-p](0?[1-9]|1[0-9]|2[0-4])$"
+# Most wells one request may list: a 384-well plate's.
+MAX_WELLS = 384
 # Free text (an operator's name, a reason): printable, no control characters (NUL included).
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
-QcFlag = Literal["overexposed", "underexposed", "out_of_focus", "acquisition_failed"]
+QcFlag = Literal[
+    "overexposed", "underexposed", "out_of_focus", "acquisition_failed", "focus_failed"
+]
 
 ScanIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Scan id.")]
 RunIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Training run id.")]

@@ -19,6 +19,7 @@ class Health(BaseModel):
     database: str
     microscope: str = Field(description="The microscope backend, e.g. pycromanager-sim")
     instrument: str = Field(description="The instrument's id (one scan runs per instrument)")
+    autofocus: str = Field(description="How fields are focused (MSCREEN_AUTOFOCUS)")
     model: ModelHealth
     worker_running: bool
     problems: list[str] = Field(description="What makes the service degraded; empty when ok")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from app.schemas.scans import ModelRef, ScanPublic
+from hardware.plate import plate_geometry
 from store.orm import Image, Plate, Scan, ScanStatus, WellResult, WellStatus
 
 
@@ -20,6 +21,14 @@ class ImagePublic(BaseModel):
     height: int
     width: int
     dtype: str = Field(description="Camera pixel type, e.g. uint16")
+    z_um: float | None = Field(
+        None, description="Focus drive position at exposure, in um; null: not reported"
+    )
+    autofocus: dict[str, Any] | None = Field(
+        None,
+        description="What autofocus did at this field (method, ok, z_um, steps, score, "
+        "seconds, predicted_z_um, error); null: no autofocus ran",
+    )
 
     @classmethod
     def of(cls, image: Image) -> ImagePublic:
@@ -29,6 +38,8 @@ class ImagePublic(BaseModel):
             height=image.height,
             width=image.width,
             dtype=image.dtype,
+            z_um=image.z_um,
+            autofocus=image.autofocus,
         )
 
 
@@ -48,6 +59,9 @@ class WellResultPublic(BaseModel):
     acquisition_ms: float
     preprocessing_ms: float
     inference_ms: float
+    instrument_ms: float | None = Field(
+        None, description="Instrument time of the well's fields, in ms; null: not reported"
+    )
     images: list[ImagePublic] = Field(
         default_factory=list, description="The well's stored fields, in field order"
     )
@@ -73,6 +87,7 @@ class WellResultPublic(BaseModel):
             acquisition_ms=result.acquisition_ms,
             preprocessing_ms=result.preprocessing_ms,
             inference_ms=result.inference_ms,
+            instrument_ms=result.instrument_ms,
             images=[ImagePublic.of(image) for image in images],
         )
 
@@ -97,14 +112,21 @@ class LatestScanRef(BaseModel):
 
 class PlateSummary(BaseModel):
     barcode: str
+    plate_type: str = Field(description="e.g. SBS-96 (the 96-well plate) or 384-well")
+    rows: int = Field(description="Rows of the plate's grid")
+    columns: int = Field(description="Columns of the plate's grid")
     created_at: datetime
     latest_scan: LatestScanRef | None = Field(description="None until the first scan is queued")
     has_fct: bool = Field(description="Flow-cytometry ground truth was uploaded")
 
     @classmethod
     def of(cls, plate: Plate, latest_scan: Scan | None, has_fct: bool) -> PlateSummary:
+        geometry = plate_geometry(plate.plate_type)
         return cls(
             barcode=plate.barcode,
+            plate_type=plate.plate_type,
+            rows=geometry.rows,
+            columns=geometry.columns,
             created_at=plate.created_at,
             latest_scan=LatestScanRef.of(latest_scan) if latest_scan else None,
             has_fct=has_fct,

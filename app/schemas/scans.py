@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.common import BARCODE_PATTERN, MAX_ID, WELL_PATTERN
+from app.schemas.common import BARCODE_PATTERN, MAX_ID, MAX_WELLS, WELL_PATTERN
+from hardware.plans import parse_plan
+from hardware.plate import plate_geometry
 from store.orm import Scan, ScanStatus
 
 
@@ -21,10 +23,41 @@ class ScanCreate(BaseModel):
     fields_per_well: int = Field(default=1, ge=1, le=25)
     wells: list[Annotated[str, Field(pattern=WELL_PATTERN)]] | None = Field(
         default=None,
-        description="Wells to scan (e.g. ['A1', 'B7']); default: all 96.",
+        description="Wells to scan (e.g. ['A1', 'B7']); default: all wells of the plate.",
         min_length=1,
-        max_length=96,
+        max_length=MAX_WELLS,
     )
+    plate_plan: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "A useq-schema WellPlatePlan (its JSON): plate type, A1's stage centre (um), "
+            "rotation, selected wells and the points in each well. Replaces wells and "
+            "fields_per_well; the plate is then of the plan's type."
+        ),
+    )
+
+    @field_validator("plate_plan")
+    @classmethod
+    def _valid_plan(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The plan as useq-schema validates it, spelled out in full (so that the same plan
+        written two ways is the same request, and the stored plan names every default)."""
+        if value is None:
+            return None
+        plan: dict[str, Any] = parse_plan(value).model_dump(mode="json")
+        return plan
+
+    @model_validator(mode="after")
+    def _plan_or_wells(self) -> ScanCreate:
+        if self.plate_plan is not None:
+            clashes = [name for name in ("wells",) if self.wells is not None]
+            if self.fields_per_well != 1:
+                clashes.append("fields_per_well")
+            if clashes:
+                raise ValueError(
+                    f"plate_plan and {' and '.join(clashes)} both given: a plate plan names its "
+                    "wells (selected_wells) and fields (well_points_plan); send one or the other"
+                )
+        return self
 
 
 class ModelRef(BaseModel):
@@ -39,9 +72,16 @@ class ScanPublic(BaseModel):
     objective: str
     fields_per_well: int
     microscope: str
+    plate_type: str = Field(description="The plate's type, e.g. SBS-96 or 384-well")
+    plate_rows: int = Field(description="Rows of the plate's grid (8 on a 96-well plate)")
+    plate_columns: int = Field(description="Columns of the plate's grid (12 on a 96-well plate)")
     wells_total: int
     wells_done: int
     progress: float = Field(description="wells_done / wells_total, 0..1")
+    instrument_s: float | None = Field(
+        description="Instrument time of the wells done (moves, focus, exposure, readout), in "
+        "seconds; null when the microscope reported none"
+    )
     model: ModelRef | None
     error: str | None
     requested_at: datetime
@@ -51,6 +91,7 @@ class ScanPublic(BaseModel):
     @classmethod
     def of(cls, scan: Scan) -> ScanPublic:
         model = scan.model_version
+        geometry = plate_geometry(scan.plate.plate_type)
         return cls(
             id=scan.id,
             plate_barcode=scan.plate.barcode,
@@ -58,9 +99,13 @@ class ScanPublic(BaseModel):
             objective=scan.objective,
             fields_per_well=scan.fields_per_well,
             microscope=scan.microscope,
+            plate_type=scan.plate.plate_type,
+            plate_rows=geometry.rows,
+            plate_columns=geometry.columns,
             wells_total=scan.wells_total,
             wells_done=scan.wells_done,
             progress=scan.wells_done / scan.wells_total if scan.wells_total else 1.0,
+            instrument_s=scan.instrument_s,
             model=ModelRef(name=model.name, version=model.version) if model else None,
             error=scan.error,
             requested_at=scan.requested_at,

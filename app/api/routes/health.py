@@ -46,6 +46,7 @@ def health(runtime: RuntimeDep, response: Response) -> Health:
         database=database,
         microscope=runtime.settings.microscope,
         instrument=runtime.microscope_name,
+        autofocus=runtime.settings.autofocus,
         model=model_health,
         worker_running=worker_running,
         problems=problems,

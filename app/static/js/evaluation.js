@@ -3,7 +3,7 @@
 
 import { ApiError, getJson, plateUrl } from "./api.js";
 import { $, svg } from "./dom.js";
-import { buildPlate } from "./platemap.js";
+import { DEFAULT_COLUMNS, DEFAULT_ROWS, buildPlate } from "./platemap.js";
 import { state } from "./state.js";
 import { showPanel } from "./wellpanel.js";
 
@@ -19,12 +19,27 @@ const METRICS = [
 
 const agreementCells = new Map(); // well name -> its cell in the agreement map
 
-/** Builds the agreement map (cells carry data-agreement-well). */
-export function initAgreement(onWell) {
+let onAgreementWell = null; // the agreement map's click handler, kept for rebuilding it
+
+/** Builds the agreement map (cells carry data-agreement-well), `rows` x `columns` wells. */
+export function initAgreement(onWell, rows = DEFAULT_ROWS, columns = DEFAULT_COLUMNS) {
+  onAgreementWell = onWell;
   agreementCells.clear();
-  for (const [name, cell] of buildPlate($("agreement-plate"), onWell, "data-agreement-well")) {
+  const container = $("agreement-plate");
+  for (const [name, cell] of buildPlate(container, onWell, "data-agreement-well", rows, columns)) {
     agreementCells.set(name, cell);
   }
+}
+
+/** The agreement map with the grid of the plate `scan` is of; rebuilt only when it changes. */
+export function ensureAgreementGrid(scan) {
+  const rows = scan && scan.plate_rows ? scan.plate_rows : DEFAULT_ROWS;
+  const columns = scan && scan.plate_columns ? scan.plate_columns : DEFAULT_COLUMNS;
+  const container = $("agreement-plate");
+  if (container.dataset.rows === String(rows) && container.dataset.columns === String(columns)) {
+    return;
+  }
+  initAgreement(onAgreementWell, rows, columns);
 }
 
 export async function loadGroundTruth(barcode) {

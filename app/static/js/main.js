@@ -3,7 +3,7 @@
 //
 //   api.js        fetch wrapper (X-API-Key header, error details)
 //   events.js     a scan's server-sent events, read over fetch()
-//   platemap.js   the 96-well grid       wellpanel.js   the well detail panel
+//   platemap.js   the plate's grid       wellpanel.js   the well detail panel
 //   evaluation.js agreement with FCT, metrics table, ROC curve
 //   status.js     status line, progress  state.js       what the page shows
 //
@@ -11,9 +11,11 @@
 
 import { API, getJson, plateUrl } from "./api.js";
 import { $ } from "./dom.js";
-import { initAgreement, loadGroundTruth, renderAgreement } from "./evaluation.js";
+import {
+  ensureAgreementGrid, initAgreement, loadGroundTruth, renderAgreement,
+} from "./evaluation.js";
 import { followScan, stopStream } from "./events.js";
-import { initPlateMap, renderPlate, renderWell } from "./platemap.js";
+import { ensurePlateGrid, initPlateMap, renderPlate, renderWell } from "./platemap.js";
 import { state } from "./state.js";
 import { renderProgress, setStatus, showError } from "./status.js";
 import { clearPanel, showPanel } from "./wellpanel.js";
@@ -47,7 +49,9 @@ function resetPlate(barcode, scan, wells) {
   state.fct = new Map();
   state.evaluation = null;
   clearPanel();
-  renderPlate();
+  // The plate's own grid (rows x columns from the API); a rebuilt grid is rendered already.
+  ensureAgreementGrid(scan);
+  if (!ensurePlateGrid(scan)) renderPlate();
   renderProgress();
   renderAgreement();
   if (keep && state.wells.has(keep)) selectWell(keep);

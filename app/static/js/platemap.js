@@ -1,10 +1,21 @@
-// The 96-well grid: building it, and colouring each well by its call and QC.
+// The plate's grid (rows x columns from the API: 8 x 12 for a 96-well plate, 16 x 24 for a
+// 384-well one): building it, and colouring each well by its call and QC.
 
 import { $ } from "./dom.js";
 import { state } from "./state.js";
 
-const ROWS = "ABCDEFGH".split("");
-const COLUMNS = Array.from({ length: 12 }, (_, i) => i + 1);
+// The 96-well plate: the grid before any plate is loaded.
+export const DEFAULT_ROWS = 8;
+export const DEFAULT_COLUMNS = 12;
+
+/** Row name of zero-based row `index`: A..Z, then AA, AB, ... (as the API names wells). */
+export function rowName(index) {
+  let name = "";
+  for (let i = index; i >= 0; i = Math.floor(i / 26) - 1) {
+    name = String.fromCharCode(65 + (i % 26)) + name;
+  }
+  return name;
+}
 
 // QC flags the pipeline and worker set, with the symbol shown in the well.
 const QC_SYMBOLS = {
@@ -12,12 +23,14 @@ const QC_SYMBOLS = {
   overexposed: "☀",
   underexposed: "◐",
   out_of_focus: "≈",
+  focus_failed: "◎",
 };
 const QC_NAMES = {
   acquisition_failed: "acquisition failed",
   overexposed: "overexposed",
   underexposed: "underexposed",
   out_of_focus: "out of focus",
+  focus_failed: "autofocus failed",
 };
 
 const wellButtons = new Map(); // well name -> its button in the main map
@@ -26,24 +39,35 @@ export const qcText = (flags) =>
   (flags.length ? flags.map((f) => QC_NAMES[f] || f).join(", ") : "none");
 export const fmtP = (p) => (p === null || p === undefined ? "–" : p.toFixed(3));
 
-/** Rows and columns of well buttons in `container`; a map of well name -> button. */
-export function buildPlate(container, onCell, attribute) {
+/** `rows` x `columns` well buttons in `container` (replacing what it held); a map of well
+ * name -> button. Plates wider than 12 columns get smaller wells, to stay on the screen. */
+export function buildPlate(
+  container, onCell, attribute, rows = DEFAULT_ROWS, columns = DEFAULT_COLUMNS,
+) {
   const cells = new Map();
+  container.replaceChildren();
+  container.style.gridTemplateColumns = `18px repeat(${columns}, var(--well))`;
+  if (columns > DEFAULT_COLUMNS) container.style.setProperty("--well", "18px");
+  else container.style.removeProperty("--well");
+  container.dataset.rows = String(rows);
+  container.dataset.columns = String(columns);
   container.appendChild(document.createElement("span")); // corner
-  for (const column of COLUMNS) {
+  const columnNumbers = Array.from({ length: columns }, (_, i) => i + 1);
+  for (const column of columnNumbers) {
     const head = document.createElement("span");
     head.className = "plate-head";
     head.textContent = column;
     head.setAttribute("aria-hidden", "true");
     container.appendChild(head);
   }
-  for (const row of ROWS) {
+  for (let r = 0; r < rows; r += 1) {
+    const row = rowName(r);
     const head = document.createElement("span");
     head.className = "plate-head";
     head.textContent = row;
     head.setAttribute("aria-hidden", "true");
     container.appendChild(head);
-    for (const column of COLUMNS) {
+    for (const column of columnNumbers) {
       const name = `${row}${column}`;
       const cell = document.createElement("button");
       cell.type = "button";
@@ -57,13 +81,29 @@ export function buildPlate(container, onCell, attribute) {
   return cells;
 }
 
+let onMainWell = null; // the main map's click handler, kept for rebuilding the grid
+
 /** Builds the main map (wells carry data-well) and shows its current state. */
-export function initPlateMap(onWell) {
+export function initPlateMap(onWell, rows = DEFAULT_ROWS, columns = DEFAULT_COLUMNS) {
+  onMainWell = onWell;
   wellButtons.clear();
-  for (const [name, cell] of buildPlate($("plate"), onWell, "data-well")) {
+  for (const [name, cell] of buildPlate($("plate"), onWell, "data-well", rows, columns)) {
     wellButtons.set(name, cell);
   }
   renderPlate();
+}
+
+/** The main map with the grid of the plate `scan` is of (the 96-well grid without a scan);
+ * rebuilt only when the shape changes. True if it was rebuilt. */
+export function ensurePlateGrid(scan) {
+  const rows = scan && scan.plate_rows ? scan.plate_rows : DEFAULT_ROWS;
+  const columns = scan && scan.plate_columns ? scan.plate_columns : DEFAULT_COLUMNS;
+  const plate = $("plate");
+  if (plate.dataset.rows === String(rows) && plate.dataset.columns === String(columns)) {
+    return false;
+  }
+  initPlateMap(onMainWell, rows, columns);
+  return true;
 }
 
 // Diverging colour: the call picks the hue (green high, red low), confidence its strength.
@@ -97,6 +137,7 @@ function describe(result) {
 
 export function renderWell(name) {
   const cell = wellButtons.get(name);
+  if (!cell) return; // not a well of the grid shown (a result of another plate type)
   const result = state.wells.get(name);
   cell.style.removeProperty("--fill");
   cell.style.removeProperty("--ink");
