@@ -74,16 +74,24 @@ def parse_plan(plan: useq.WellPlatePlan | Mapping[str, Any]) -> useq.WellPlatePl
     """
     if isinstance(plan, useq.WellPlatePlan):
         return plan
-    data = dict(plan)
-    # As WellPlatePlan reads its plate: a registry key, a well count, or the fields.
-    raw = useq.WellPlate.validate_plate(data.get("plate"))  # type: ignore[operator]
-    plate = raw if isinstance(raw, useq.WellPlate) else useq.WellPlate.model_validate(raw)
-    if plate.size > MAX_PLATE_WELLS:
+    try:
+        data = dict(plan)
+        # As WellPlatePlan reads its plate: a registry key, a well count, or the fields.
+        raw = useq.WellPlate.validate_plate(data.get("plate"))  # type: ignore[operator]
+        plate = raw if isinstance(raw, useq.WellPlate) else useq.WellPlate.model_validate(raw)
+        if plate.size > MAX_PLATE_WELLS:
+            raise ValueError(
+                f"plate {plate.name or '(unnamed)'} has {plate.rows} x {plate.columns} wells; "
+                f"at most {MAX_PLATE_WELLS}"
+            )
+        return useq.WellPlatePlan.model_validate(data)
+    except (TypeError, AttributeError, KeyError, IndexError, ArithmeticError) as exc:
+        # useq's validators assume well-typed input in places (a list where a number belongs
+        # reaches numpy): whatever breaks inside them is still a bad plan, not a server error.
         raise ValueError(
-            f"plate {plate.name or '(unnamed)'} has {plate.rows} x {plate.columns} wells; "
-            f"at most {MAX_PLATE_WELLS}"
-        )
-    return useq.WellPlatePlan.model_validate(data)
+            f"not a valid useq-schema WellPlatePlan ({type(exc).__name__}: {exc}); see "
+            "https://pymmcore-plus.github.io/useq-schema/ for its fields"
+        ) from exc
 
 
 def plan_geometry(plan: useq.WellPlatePlan) -> PlateGeometry:
