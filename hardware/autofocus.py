@@ -205,6 +205,11 @@ class FocusDrive(Protocol):
         """
         ...
 
+    def focus_locked(self) -> bool | None:
+        """Whether continuous focus holds its lock now; None when it is off, there is no
+        autofocus device, or the device cannot tell."""
+        ...
+
 
 def _wall_clock() -> float:
     return time.monotonic()
@@ -269,6 +274,12 @@ class MicroscopeFocusDrive:
                 raise AutofocusUnavailableError(f"{self.microscope.name!r} has no continuous focus")
             return
         setter(bool(on))
+
+    def focus_locked(self) -> bool | None:
+        if not getattr(self.microscope, "continuous_focus", False):
+            return None
+        locked = getattr(self.microscope, "continuous_focus_locked", None)
+        return None if locked is None else bool(locked)
 
 
 _FIRST_CAP = re.compile(r"(.)([A-Z][a-z]+)")
@@ -404,6 +415,17 @@ class CoreFocusDrive:
                 raise AutofocusUnavailableError("the core has no autofocus device (AutoFocus role)")
             return
         self._call("enableContinuousFocus", bool(on))
+
+    def focus_locked(self) -> bool | None:
+        if not self.has_autofocus_device:
+            return None
+        try:
+            if not self._call("isContinuousFocusEnabled"):
+                return None
+            return bool(self._call("isContinuousFocusLocked"))
+        except Exception:  # a device that cannot report its lock
+            logger.debug("continuous focus lock state unavailable", exc_info=True)
+            return None
 
 
 # -- strategies ------------------------------------------------------------------------------------
@@ -1079,8 +1101,26 @@ class ScanFocus:
             raise AutofocusUnavailableError("autofocus 'hardware' needs an autofocus device")
         drive.set_continuous_focus(False)
 
+    @property
+    def watches_lock(self) -> bool:
+        """True for "continuous": :meth:`focus` reports a site where the lock is lost."""
+        return self.mode == "continuous"
+
     def focus(self, drive: FocusDrive, x_um: float, y_um: float) -> AutofocusReport | None:
-        """Focus the site at (x, y) (the stage is there); None for "none" / "continuous"."""
-        if self.strategy is None:
-            return None
-        return self.strategy.focus(drive, x_um, y_um)
+        """Focus the site at (x, y) (the stage is there). "none": None; "continuous": None
+        while the lock holds, a failed "hardware" report where it is lost (no reflection, the
+        surface beyond the capture range), so that the well is flagged ``focus_failed``."""
+        if self.strategy is not None:
+            return self.strategy.focus(drive, x_um, y_um)
+        if self.watches_lock and drive.focus_locked() is False:
+            return AutofocusReport(
+                method="hardware",
+                ok=False,
+                z_um=drive.z_um,
+                steps=0,
+                score=0.0,
+                seconds=0.0,
+                error="continuous focus lost its lock here (no reflection, or the surface is "
+                "beyond the device's capture range); z stayed where the last lock left it",
+            )
+        return None

@@ -360,9 +360,9 @@ class StepScanner:
 
     def _focus(self, x: float, y: float) -> AutofocusReport | None:
         """Focus the site (the stage is at (x, y)) through the first channel."""
-        if self.drive is None or not self.focus.focuses_sites:
+        if self.drive is None or not (self.focus.focuses_sites or self.focus.watches_lock):
             return None
-        if self.channels:
+        if self.channels and self.focus.focuses_sites:
             microscope = self.microscope
             assert isinstance(microscope, ChannelMicroscope)  # checked in __init__
             microscope.set_channel(self.channels[0])

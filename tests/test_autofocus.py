@@ -271,6 +271,15 @@ def test_step_scanner_default_keeps_continuous_focus_and_records_z_and_time():
     assert well.instrument_ms == pytest.approx(f.instrument_ms)
 
 
+def test_step_scanner_flags_a_lost_continuous_focus_lock():
+    scope = SimulatedMicroscope(SIM, af_fail_wells=["B3"])
+    wells = list(StepScanner(scope).scan(ScanPlan(BARCODE, WELLS[:3])))
+    assert [w.focus_failed for w in wells] == [False, True, False]
+    lost = wells[1].fields[0].autofocus
+    assert lost is not None and lost.method == "hardware" and "lost its lock" in (lost.error or "")
+    assert wells[0].fields[0].autofocus is None and wells[2].fields[0].autofocus is None
+
+
 def test_step_scanner_refuses_autofocus_without_a_focus_drive():
     class NoZ:
         name = "no-z"
@@ -363,6 +372,15 @@ def test_pycromanager_flags_autofocus_failures_and_the_plate_goes_on(make_core):
     report = well.fields[0].autofocus
     assert well.focus_failed and report is not None and not well.failed
     assert "edge of the search" in (report.error or "") and report.steps == 5
+
+
+def test_pycromanager_flags_a_lost_continuous_focus_lock(make_core):
+    core = make_core(af_fail_wells=["B3"])
+    wells = _scan(core, ScanPlan(BARCODE, WELLS[:3]), "continuous")
+    assert [w.focus_failed for w in wells] == [False, True, False]
+    assert not any(w.failed for w in wells)
+    lost = wells[1].fields[0].autofocus
+    assert lost is not None and "lost its lock" in (lost.error or "")
 
 
 def test_focus_map_of_a_scan_follows_the_simulators_surface(make_core):

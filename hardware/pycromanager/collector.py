@@ -7,6 +7,9 @@ turns each frame's tags into an :class:`hardware.microscope.AcquiredField`. In a
 scan a field is complete when a frame of each channel is in; its planes are stacked, in the
 configured channel order, into one (H, W, C) image.
 
+Continuous focus (``PycromanagerSettings.autofocus="continuous"``): the post-hardware hook asks
+the core, once per field, whether the lock holds, and reports a lost one.
+
 Autofocus (``PycromanagerSettings.autofocus`` "hardware", "software" or "map"): the pre-hardware
 hook moves the XY stage to the field through the core, focuses there
 (:class:`hardware.autofocus.ScanFocus` on a :class:`hardware.autofocus.CoreFocusDrive`) and sets
@@ -20,6 +23,7 @@ field like a lost frame: its well fails and the plate goes on.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable, Mapping
@@ -103,6 +107,7 @@ class _Run:
         self._make_drive = drive
         self._drive: CoreFocusDrive | None = None  # made on the engine thread, on first use
         self._z_by_label: dict[str, float] = {}  # engine thread only
+        self._lock_checked: set[str] = set()  # engine thread only
 
     def image_process_fn(self, image: np.ndarray, metadata: dict[str, Any]) -> None:
         now = datetime.now(UTC)
@@ -143,6 +148,26 @@ class _Run:
             z = report.z_um
             self._z_by_label[label] = z
         event["z"] = z  # the engine moves the focus drive here before exposing
+        return event
+
+    def post_hardware_hook_fn(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Continuous focus: once per field, after the engine moved there (the lock followed),
+        report a site where the lock is lost, so that its well is flagged ``focus_failed``."""
+        if self.focus is None or not self.focus.watches_lock:
+            return event
+        label = str(event.get("axes", {}).get("position", ""))
+        drive = self.drive()
+        if drive is None or label in self._lock_checked:
+            return event
+        self._lock_checked.add(label)
+        try:
+            x, y = float(event.get("x", math.nan)), float(event.get("y", math.nan))
+            report = self.focus.focus(drive, x, y)
+        except Exception:  # a lock we cannot read is no reason to lose the field
+            logger.exception("continuous focus state at %s unavailable", label)
+            return event
+        if report is not None:
+            self.messages.put(_Focused(label, report))
         return event
 
     def frame_lost(self, message: str) -> None:

@@ -217,6 +217,7 @@ class PycromanagerScanner:
                 name=f"mscreen-{plan.barcode}",
                 image_process_fn=run.image_process_fn,
                 pre_hardware_hook_fn=run.pre_hardware_hook_fn,
+                post_hardware_hook_fn=run.post_hardware_hook_fn,
                 notification_callback_fn=run.notification_callback_fn,
             )
             one = _OneAcquisition(acquisition, run, self.settings)
