@@ -195,3 +195,38 @@ def test_refuses_what_it_cannot_store_faithfully(tmp_path: Path) -> None:
         ImageStore(tmp_path, ngff_version="0.4").save(
             "P1", 2, _field("A2", 0, 1), fields_per_well=1
         )
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((47, 65), np.uint16), ((31, 18, 3), np.uint8)],
+    ids=["grey-odd-uint16", "3-channel-uint8"],
+)
+def test_pyramid_reads_back_as_ome_zarr_local_mean(
+    tmp_path: Path, ngff_version: str, shape: tuple[int, ...], dtype: type
+) -> None:
+    """Every level, as ome-zarr's reader returns it, is bit for bit skimage's local mean of the
+    level above (what ome-zarr's ``Methods.LOCAL_MEAN`` writes), odd edges cut off."""
+    from skimage.transform import downscale_local_mean
+
+    top = np.iinfo(dtype).max
+    image = np.random.default_rng(7).integers(0, top + 1, shape, dtype=dtype)
+    image[0, 0] = top  # the extremes must survive the mean without wrapping
+    field = _field("F6", 0, 1)
+    field.image = image
+    stored = ImageStore(tmp_path, ngff_version=ngff_version).save(  # type: ignore[arg-type]
+        "P1", 4, field, fields_per_well=1
+    )
+
+    (node,) = _nodes(stored.path, Multiscales)
+    expected = image.transpose(2, 0, 1) if image.ndim == 3 else image  # stored (C, H, W)
+    assert len(node.data) == 2
+    for level, data in enumerate(node.data):
+        if level:
+            height, width = expected.shape[-2:]
+            block = (1,) * (expected.ndim - 2) + (2, 2)
+            expected = downscale_local_mean(expected, block)[..., : height // 2, : width // 2]
+            expected = expected.astype(dtype)
+        read = np.asarray(data)
+        assert read.dtype == dtype and read.shape == expected.shape
+        np.testing.assert_array_equal(read, expected)
