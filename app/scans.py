@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -104,7 +105,7 @@ def create_scan(
             geometry = plate_geometry(existing.plate_type)
         wells = request.wells
         names = list(geometry.well_names) if not wells else [geometry.normalise(w) for w in wells]
-    duplicates = sorted({w for w in names if names.count(w) > 1})
+    duplicates = sorted(w for w, n in Counter(names).items() if n > 1)
     if duplicates:
         raise ValueError(f"wells listed twice: {', '.join(duplicates)}")
     plate = existing or queries.get_or_create_plate(session, request.plate_barcode, geometry)

@@ -397,7 +397,9 @@ class CoreFocusDrive:
             self._call("fullFocus")
         except AutofocusError:
             raise
-        except RuntimeError as exc:  # pymmcore raises a CMMError as RuntimeError
+        except AutofocusUnavailableError:
+            raise
+        except Exception as exc:  # pymmcore: RuntimeError (CMMError); pyjavaz: plain Exception
             raise AutofocusError(str(exc)) from exc
         self._call("waitForDevice", self._focus_device())
         return self.z_um
@@ -1067,6 +1069,8 @@ class ScanFocus:
     """
 
     def __init__(self, autofocus: AutofocusMode | str | AutofocusStrategy = "continuous") -> None:
+        # Whether continuous focus was on when prepare() ran (None: no autofocus device).
+        self._continuous_before: bool | None = None
         if isinstance(autofocus, str):
             self.mode: AutofocusMode = check_autofocus_mode(autofocus)
             self.strategy = autofocus_strategy(self.mode)
@@ -1089,6 +1093,9 @@ class ScanFocus:
         """
         if self.strategy is not None:
             self.strategy.start_plate()
+        self._continuous_before = None
+        if drive is not None and drive.has_autofocus_device:
+            self._continuous_before = drive.focus_locked() is not None
         if drive is None:
             if self.focuses_sites:
                 raise ValueError(f"autofocus {self.mode!r} needs a focus drive")
@@ -1100,6 +1107,19 @@ class ScanFocus:
         if self.mode == "hardware" and not drive.has_autofocus_device:
             raise AutofocusUnavailableError("autofocus 'hardware' needs an autofocus device")
         drive.set_continuous_focus(False)
+
+    def restore(self, drive: FocusDrive | None) -> None:
+        """Scan end: put continuous focus back as :meth:`prepare` found it (the operator's PFS
+        or CRISP stays on after a software-autofocus scan). Never raises: a scan's own outcome
+        must not be replaced by a failure to restore."""
+        before = self._continuous_before
+        if drive is None or before is None:
+            return
+        try:
+            if (drive.focus_locked() is not None) != before:
+                drive.set_continuous_focus(before)
+        except Exception:
+            logger.exception("could not restore continuous focus (%s)", "on" if before else "off")
 
     @property
     def watches_lock(self) -> bool:

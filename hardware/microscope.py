@@ -307,21 +307,24 @@ class StepScanner:
         call_load_plate(self.microscope.load_plate, plan.barcode, plan.plate)
         self.microscope.set_objective(plan.objective)
         self.focus.prepare(self.drive)
-        offsets = plan.offsets()
-        for well in plan.wells:
-            if should_stop():
-                logger.info("scan of %s stopped before well %s", plan.barcode, well)
-                return
-            try:
-                fields = [
-                    self._acquire_field(plan, well, index, dx, dy)
-                    for index, (dx, dy) in enumerate(offsets)
-                ]
-            except WellAcquisitionError as exc:
-                logger.warning("well %s of %s failed: %s", well, plan.barcode, exc)
-                yield WellAcquisition(well=well, fields=[], error=str(exc))
-                continue
-            yield WellAcquisition(well=well, fields=fields)
+        try:
+            offsets = plan.offsets()
+            for well in plan.wells:
+                if should_stop():
+                    logger.info("scan of %s stopped before well %s", plan.barcode, well)
+                    return
+                try:
+                    fields = [
+                        self._acquire_field(plan, well, index, dx, dy)
+                        for index, (dx, dy) in enumerate(offsets)
+                    ]
+                except WellAcquisitionError as exc:
+                    logger.warning("well %s of %s failed: %s", well, plan.barcode, exc)
+                    yield WellAcquisition(well=well, fields=[], error=str(exc))
+                    continue
+                yield WellAcquisition(well=well, fields=fields)
+        finally:
+            self.focus.restore(self.drive)
 
     def _acquire_field(
         self, plan: ScanPlan, well: str, index: int, dx: float, dy: float

@@ -15,6 +15,7 @@ its sign (anti-clockwise as seen in each frame).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -84,7 +85,7 @@ def parse_plan(plan: useq.WellPlatePlan | Mapping[str, Any]) -> useq.WellPlatePl
                 f"plate {plate.name or '(unnamed)'} has {plate.rows} x {plate.columns} wells; "
                 f"at most {MAX_PLATE_WELLS}"
             )
-        return useq.WellPlatePlan.model_validate(data)
+        parsed = useq.WellPlatePlan.model_validate(data)
     except (TypeError, AttributeError, KeyError, IndexError, ArithmeticError) as exc:
         # useq's validators assume well-typed input in places (a list where a number belongs
         # reaches numpy): whatever breaks inside them is still a bad plan, not a server error.
@@ -92,6 +93,35 @@ def parse_plan(plan: useq.WellPlatePlan | Mapping[str, Any]) -> useq.WellPlatePl
             f"not a valid useq-schema WellPlatePlan ({type(exc).__name__}: {exc}); see "
             "https://pymmcore-plus.github.io/useq-schema/ for its fields"
         ) from exc
+    _check_plan_numbers(parsed)
+    return parsed
+
+
+MAX_STAGE_UM = 1_000_000.0
+"""Largest |coordinate| of A1's centre a plan may give, um (a metre: beyond any stage)."""
+
+
+def _check_plan_numbers(plan: useq.WellPlatePlan) -> None:
+    """A1's centre and the rotation must be finite numbers in range, and no number of the plan
+    may be NaN or infinite (JSON's NaN and Infinity tokens parse; they would reach the stage,
+    and JSON columns cannot store them)."""
+    try:
+        json.dumps(plan.model_dump(mode="json"), allow_nan=False)
+    except ValueError:
+        raise ValueError("the plate plan holds a NaN or infinite number") from None
+    a1 = [float(v) for v in plan.a1_center_xy]
+    if not all(math.isfinite(v) and abs(v) <= MAX_STAGE_UM for v in a1):
+        raise ValueError(
+            f"a1_center_xy must be finite stage coordinates within +-{MAX_STAGE_UM:g} um, got {a1}"
+        )
+    rotation = float(plan.rotation or 0.0)
+    if not (math.isfinite(rotation) and -360.0 <= rotation <= 360.0):
+        raise ValueError(f"rotation must be a finite angle within +-360 degrees, got {rotation}")
+    if plan.selected_wells is not None and len(plan.selected_well_names) > plan.plate.size:
+        raise ValueError(
+            f"selected_wells names {len(plan.selected_well_names)} wells on a plate of "
+            f"{plan.plate.size}: a well may be selected once"
+        )
 
 
 def plan_geometry(plan: useq.WellPlatePlan) -> PlateGeometry:

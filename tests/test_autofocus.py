@@ -239,7 +239,7 @@ def test_step_scanner_focuses_every_field_within_the_depth_of_field(mode):
     wells = list(StepScanner(scope, autofocus=mode).scan(ScanPlan(BARCODE, WELLS)))
     assert [w.well for w in wells] == WELLS and not any(w.failed or w.focus_failed for w in wells)
     assert max(_within_dof(scope, wells)) <= 0.5  # |z - cell z| <= DoF / 2
-    assert not scope.continuous_focus  # a software search owns the drive
+    assert scope.continuous_focus  # a search owned the drive; the lock is back after the scan
     for well in wells:
         (f,) = well.fields
         assert f.autofocus is not None and f.autofocus.ok
@@ -278,6 +278,16 @@ def test_step_scanner_flags_a_lost_continuous_focus_lock():
     lost = wells[1].fields[0].autofocus
     assert lost is not None and lost.method == "hardware" and "lost its lock" in (lost.error or "")
     assert wells[0].fields[0].autofocus is None and wells[2].fields[0].autofocus is None
+
+
+def test_scans_put_continuous_focus_back_as_they_found_it():
+    scope = SimulatedMicroscope(SIM)
+    assert scope.continuous_focus
+    list(StepScanner(scope, autofocus="software").scan(ScanPlan(BARCODE, ["C4"])))
+    assert scope.continuous_focus  # the operator's lock is on again after the scan
+    scope.set_continuous_focus(False)
+    list(StepScanner(scope, autofocus="continuous").scan(ScanPlan(BARCODE, ["C4"])))
+    assert not scope.continuous_focus
 
 
 def test_step_scanner_refuses_autofocus_without_a_focus_drive():
@@ -381,6 +391,13 @@ def test_pycromanager_flags_a_lost_continuous_focus_lock(make_core):
     assert not any(w.failed for w in wells)
     lost = wells[1].fields[0].autofocus
     assert lost is not None and "lost its lock" in (lost.error or "")
+
+
+def test_pycromanager_scan_restores_continuous_focus(make_core):
+    core = make_core()
+    assert core.isContinuousFocusEnabled()
+    _scan(core, ScanPlan(BARCODE, ["C4"]), "map")
+    assert core.isContinuousFocusEnabled()
 
 
 def test_focus_map_of_a_scan_follows_the_simulators_surface(make_core):

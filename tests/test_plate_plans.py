@@ -402,6 +402,22 @@ def test_plate_plan_requests_are_validated(simulated_service):
         "/api/v1/scans", json={"plate_barcode": "SIM-384-0002", "plate_plan": edge}
     )
     assert near_wall.status_code == 422 and "point 0" in near_wall.text
+    # JSON's NaN / Infinity tokens parse: they must not reach the stage (or the database).
+    for field, value in (("a1_center_xy", "[NaN, 0]"), ("rotation", "Infinity")):
+        body = (
+            '{"plate_barcode": "SIM-384-0003", "plate_plan": {"plate": "384-well", '
+            f'"a1_center_xy": [0, 0], "selected_wells": [[0], [0]], "{field}": {value}}}}}'
+        )
+        nan = client.post(
+            "/api/v1/scans", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert nan.status_code == 422 and field in nan.text, nan.text
+    # A well selected over and over is refused before it costs anything.
+    many = {"plate": "384-well", "a1_center_xy": [0, 0], "selected_wells": [[0] * 500, [0] * 500]}
+    repeated = client.post(
+        "/api/v1/scans", json={"plate_barcode": "SIM-384-0003", "plate_plan": many}
+    )
+    assert repeated.status_code == 422 and "selected once" in repeated.text
     # The wider well pattern does not let a 96-well plate take a 384-well name.
     a13 = client.post("/api/v1/scans", json={"plate_barcode": "SIM-96-0002", "wells": ["A13"]})
     assert a13.status_code == 422 and "A1..H12" in a13.text

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,6 +61,29 @@ def _upload_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": problem.model_dump()}, status_code=422)
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as strings ("NaN", "Infinity"): JSON has no
+    such numbers, so a response echoing them cannot be encoded."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422, whose errors echo the input: a body carrying JSON's NaN or Infinity
+    tokens (Python's json reads them) would otherwise make the 422 itself fail to encode, and
+    answer 500."""
+    assert isinstance(exc, RequestValidationError)
+    try:
+        return await request_validation_exception_handler(request, exc)
+    except ValueError:  # "Out of range float values are not JSON compliant"
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals, with a 405's ``Allow`` naming every method of the path.
 
@@ -87,5 +116,6 @@ def _methods_of(app: FastAPI, path: str) -> list[str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(UploadError, _upload_error)

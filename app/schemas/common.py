@@ -18,12 +18,12 @@ from models.training_spec import BARCODE_PATTERN, MODEL_NAME_PATTERN
 MAX_ID = 2**31 - 1
 
 KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
-# A well of a plate of up to 384 wells as people write it: row letter A..P, column 1..24,
-# optional leading zero. Whether the plate has that well is checked against its geometry (A13
-# on a 96-well plate is a 422 naming the plate's range).
-WELL_PATTERN = r"^[A-Pa-p](0?[1-9]|1[0-9]|2[0-4])$"
-# Most wells one request may list: a 384-well plate's.
-MAX_WELLS = 384
+# A well as people write it: one or two row letters (A..P, then AA..AF on a 1536-well plate),
+# a column number with optional leading zeros. Whether the plate has that well is checked
+# against its geometry (A13 on a 96-well plate is a 422 naming the plate's range).
+WELL_PATTERN = r"^[A-Za-z]{1,2}0*[1-9][0-9]?$"
+# Most wells one request may list: a 1536-well plate's.
+MAX_WELLS = 1536
 # Free text (an operator's name, a reason): printable, no control characters (NUL included).
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 

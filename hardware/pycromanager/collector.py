@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,7 +106,9 @@ class _Run:
         self.wells_by_label: dict[str, str] = {}
         self.focus = focus
         self._make_drive = drive
-        self._drive: CoreFocusDrive | None = None  # made on the engine thread, on first use
+        # One drive per thread that asks (a Java Core's ZMQ socket is not shared across the
+        # threads pycromanager's Java backend runs hooks on), made on first use.
+        self._drives = threading.local()
         self._z_by_label: dict[str, float] = {}  # engine thread only
         self._lock_checked: set[str] = set()  # engine thread only
 
@@ -117,9 +120,11 @@ class _Run:
     def drive(self) -> CoreFocusDrive | None:
         """The focus drive on the core (made on first use, on the thread that calls it: a
         Java ``Core`` is not shared across threads)."""
-        if self._drive is None and self._make_drive is not None:
-            self._drive = self._make_drive()
-        return self._drive
+        drive: CoreFocusDrive | None = getattr(self._drives, "drive", None)
+        if drive is None and self._make_drive is not None:
+            drive = self._make_drive()
+            self._drives.drive = drive
+        return drive
 
     def pre_hardware_hook_fn(self, event: dict[str, Any]) -> dict[str, Any] | None:
         label = str(event.get("axes", {}).get("position", ""))

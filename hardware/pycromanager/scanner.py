@@ -150,39 +150,43 @@ class PycromanagerScanner:
             call_load_plate(self.load_plate, plan.barcode, plan.plate)
         self._set_device_timeout()
         self._focus = ScanFocus(self.settings.autofocus)
-        self._focus.prepare(self._focus_drive())
-        if self.settings.channels:
-            self._set_objective(plan.objective)
-        sites = plan_sites(plan)
-        collector = _Collector(
-            plan,
-            sites,
-            camera_bit_depth=self.settings.camera_bit_depth,
-            channels=self.settings.channels,
-        )
-        failures = _FailureCounter(self.settings.max_consecutive_failures)
-        started = time.monotonic()
-        todo = sites
-        while todo:
-            outcome = yield from self._acquire(plan, todo, collector, failures, should_stop)
-            if outcome.kind == "stopped":
-                logger.info("scan of %s stopped", plan.barcode)
-                return
-            todo = collector.unfinished_sites()
-            if outcome.kind == "aborted" and todo:
-                # Fail the field in flight (or the next one) and resume after it.
-                site = next((s for s in todo if s.label == outcome.in_flight), todo[0])
-                collector.fail(site.well, f"acquisition aborted: {outcome.error}")
-                logger.info("resuming %s after well %s", plan.barcode, site.well)
-            else:
-                # Finished normally: a field that never produced a frame fails its well.
-                for site in todo:
-                    collector.fail(site.well, "no frame received")
-            for well in collector.release():
-                failures.count(well)
-                yield well
-                failures.check()
-            todo = collector.unfinished_sites()
+        drive = self._focus_drive()
+        self._focus.prepare(drive)
+        try:
+            if self.settings.channels:
+                self._set_objective(plan.objective)
+            sites = plan_sites(plan)
+            collector = _Collector(
+                plan,
+                sites,
+                camera_bit_depth=self.settings.camera_bit_depth,
+                channels=self.settings.channels,
+            )
+            failures = _FailureCounter(self.settings.max_consecutive_failures)
+            started = time.monotonic()
+            todo = sites
+            while todo:
+                outcome = yield from self._acquire(plan, todo, collector, failures, should_stop)
+                if outcome.kind == "stopped":
+                    logger.info("scan of %s stopped", plan.barcode)
+                    return
+                todo = collector.unfinished_sites()
+                if outcome.kind == "aborted" and todo:
+                    # Fail the field in flight (or the next one) and resume after it.
+                    site = next((s for s in todo if s.label == outcome.in_flight), todo[0])
+                    collector.fail(site.well, f"acquisition aborted: {outcome.error}")
+                    logger.info("resuming %s after well %s", plan.barcode, site.well)
+                else:
+                    # Finished normally: a field that never produced a frame fails its well.
+                    for site in todo:
+                        collector.fail(site.well, "no frame received")
+                for well in collector.release():
+                    failures.count(well)
+                    yield well
+                    failures.check()
+                todo = collector.unfinished_sites()
+        finally:
+            self._focus.restore(drive)
         elapsed = time.monotonic() - started
         logger.info(
             "scan of %s: %d wells in %.1f s (%.0f ms per well)",

@@ -21,24 +21,17 @@ per-field draw in :mod:`hardware.sim.optics`), and the frame's defocus blur sigm
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hardware.plate import PlateGeometry, row_name
+from hardware.plate import PlateGeometry
 from hardware.sim.config import SimulationConfig, _rng
 
 
 def well_at(plate: PlateGeometry, x_um: float, y_um: float) -> str | None:
-    """The well whose bottom contains stage position (x_um, y_um), or None between wells."""
-    x0, y0 = plate.a1_center_um
-    column = round((x_um - x0) / plate.pitch_um)
-    row = round((y_um - y0) / plate.pitch_um)
-    if not (0 <= row < plate.rows and 0 <= column < plate.columns):
-        return None
-    name = f"{row_name(row)}{column + 1}"
-    cx, cy = plate.well_center_um(name)
-    return name if math.hypot(x_um - cx, y_um - cy) <= plate.well_diameter_um / 2.0 else None
+    """The well whose bottom contains stage position (x_um, y_um), or None between wells
+    (:meth:`PlateGeometry.well_at`: rotation and square wells included)."""
+    return plate.well_at(x_um, y_um)
 
 
 @dataclass(frozen=True)
