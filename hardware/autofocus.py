@@ -343,7 +343,12 @@ class CoreFocusDrive:
                 self._call("hasProperty", device, name) for name in _LIMIT_PROPERTIES
             ):
                 low, high = (float(self._call("getProperty", device, n)) for n in _LIMIT_PROPERTIES)
-                return low, high
+                if math.isfinite(low) and math.isfinite(high) and low < high:
+                    return low, high
+                # 0/0 or inverted: an unset travel, not a drive that cannot move
+                logger.warning(
+                    "focus device %r reports limits %g..%g; ignoring them", device, low, high
+                )
         except Exception:  # a core without these calls: no limits known
             logger.debug("no focus limits from %r", device, exc_info=True)
         return (-math.inf, math.inf)

@@ -163,7 +163,7 @@ class Scan(Base):
     lease_expires_at: Mapped[datetime | None]
     # The useq-schema WellPlatePlan the scan was asked for (its JSON), None for a wells list:
     # the worker takes the plate's rotation, A1 and the points in each well from it.
-    plate_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    plate_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
     plate: Mapped[Plate] = relationship(back_populates="scans")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -209,7 +209,7 @@ class Image(Base):
     # Focus drive position at exposure (None: the driver cannot tell), and what autofocus did
     # at this site (AutofocusReport.to_dict(); None: no autofocus ran).
     z_um: Mapped[float | None] = mapped_column(Float)
-    autofocus: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    autofocus: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class WellResult(Base):
