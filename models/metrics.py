@@ -110,6 +110,39 @@ def binary_metrics(
     )
 
 
+def predictive_values_at_prevalence(
+    sensitivity: float, specificity: float, prevalence: float
+) -> tuple[float, float]:
+    """(PPV, NPV) a classifier of this sensitivity and specificity has where a share
+    ``prevalence`` of wells is "high" (Bayes' rule).
+
+    PPV and NPV measured on a plate depend on that plate's share of high wells: simulated plates
+    are about half high, while most expanded MSC lots pass the ISCT criterion, so a lab's
+    plates may be 80-95 % high. Sensitivity and specificity do not depend on it, so the
+    predictive values at the lab's prevalence follow from them.
+
+    Returns NaN for a value whose denominator is 0 (e.g. PPV of a classifier that never calls
+    "high" at prevalence 0).
+
+    Raises:
+        ValueError: an argument outside [0, 1] or not finite.
+    """
+    for name, value in (
+        ("sensitivity", sensitivity),
+        ("specificity", specificity),
+        ("prevalence", prevalence),
+    ):
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{name} must be within [0, 1], got {value}")
+    true_pos = sensitivity * prevalence
+    false_pos = (1.0 - specificity) * (1.0 - prevalence)
+    true_neg = specificity * (1.0 - prevalence)
+    false_neg = (1.0 - sensitivity) * prevalence
+    ppv = true_pos / (true_pos + false_pos) if true_pos + false_pos > 0 else float("nan")
+    npv = true_neg / (true_neg + false_neg) if true_neg + false_neg > 0 else float("nan")
+    return ppv, npv
+
+
 def roc_points(y_true: npt.ArrayLike, score: npt.ArrayLike) -> list[dict[str, float]]:
     """ROC curve as (fpr, tpr, threshold) points from (0, 0) to (1, 1)."""
     y = _as_labels(y_true)

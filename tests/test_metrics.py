@@ -9,6 +9,7 @@ from models.metrics import (
     delong,
     evaluate,
     mcnemar,
+    predictive_values_at_prevalence,
     roc_points,
 )
 
@@ -115,3 +116,20 @@ def test_evaluate_is_json_ready():
         "ppv",
         "npv",
     }
+
+
+def test_predictive_values_at_prevalence_follow_bayes_rule() -> None:
+    # At the sample's own prevalence they equal the measured PPV and NPV.
+    y = np.array([1] * 90 + [0] * 10)
+    calls = np.array([1] * 85 + [0] * 5 + [1] * 3 + [0] * 7)
+    m = binary_metrics(y, calls)
+    ppv, npv = predictive_values_at_prevalence(m.sensitivity, m.specificity, 0.9)
+    assert ppv == pytest.approx(m.ppv) and npv == pytest.approx(m.npv)
+    # 95 % sensitive and specific: at 50 % prevalence both are 0.95; at 90 % high, a "low" call
+    # is right only 0.95*0.1 / (0.95*0.1 + 0.05*0.9) = 0.679 of the time.
+    assert predictive_values_at_prevalence(0.95, 0.95, 0.5) == pytest.approx((0.95, 0.95))
+    ppv, npv = predictive_values_at_prevalence(0.95, 0.95, 0.9)
+    assert ppv == pytest.approx(0.855 / 0.86) and npv == pytest.approx(0.095 / 0.14)
+    assert np.isnan(predictive_values_at_prevalence(0.0, 1.0, 0.5)[0])
+    with pytest.raises(ValueError, match="prevalence"):
+        predictive_values_at_prevalence(0.9, 0.9, 1.5)
