@@ -27,7 +27,13 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidRequestError, NotFoundError
 from app.schemas.common import BARCODE_PATTERN
 from app.wells import plate_or_error, scan_or_error
-from models.metrics import delong, evaluate, json_safe, mcnemar
+from models.metrics import (
+    delong,
+    evaluate,
+    json_safe,
+    mcnemar,
+    predictive_values_at_prevalence,
+)
 from store import queries
 from store.orm import (
     FctMeasurement,
@@ -217,6 +223,27 @@ def _report(records: Sequence[_WellRecord], *, threshold: float, resamples: int)
     return report
 
 
+def _at_prevalence(report: dict[str, Any], prevalence: float | None) -> dict[str, Any]:
+    """Add PPV and NPV at ``prevalence`` (share of "high" wells) to each evaluated classifier:
+    the plate's own PPV/NPV hold only at the plate's own share of high wells."""
+    if prevalence is None:
+        return report
+    report = dict(report)
+    report["prevalence"] = prevalence
+    judged = [report.get("model"), *(report.get("manual") or {}).values()]
+    for entry in judged:
+        if not isinstance(entry, dict):
+            continue
+        metrics = entry.get("metrics") or {}
+        sensitivity, specificity = metrics.get("sensitivity"), metrics.get("specificity")
+        if sensitivity is None or specificity is None:  # one class only: undefined
+            entry["at_prevalence"] = {"prevalence": prevalence, "ppv": None, "npv": None}
+            continue
+        ppv, npv = predictive_values_at_prevalence(sensitivity, specificity, prevalence)
+        entry["at_prevalence"] = {"prevalence": prevalence, "ppv": ppv, "npv": npv}
+    return report
+
+
 def evaluate_plate(
     session: Session,
     plate: Plate,
@@ -224,13 +251,18 @@ def evaluate_plate(
     scan: Scan | None = None,
     threshold: float = 0.5,
     resamples: int = 2000,
+    prevalence: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the plate's latest completed scan (or ``scan``) and manual calls vs FCT."""
+    """Metrics of the plate's latest completed scan (or ``scan``) and manual calls vs FCT;
+    with ``prevalence``, also PPV and NPV where that share of wells is "high"."""
     scan = scan or _latest_completed_scan(session, plate)
     records, manual_seconds = _collect(session, plate, scan)
     if not records:
         raise NothingToEvaluateError(f"plate {plate.barcode!r} has no FCT ground truth yet")
-    report = _cached_report(records, threshold=threshold, resamples=resamples)
+    report = _at_prevalence(
+        copy.deepcopy(_cached_report(records, threshold=threshold, resamples=resamples)),
+        prevalence,
+    )
     report["plate_barcode"] = plate.barcode
     report["scan_id"] = scan.id if scan else None
     report["time_seconds"] = {
@@ -243,7 +275,12 @@ def evaluate_plate(
 
 
 def evaluate_plates(
-    session: Session, plates: Sequence[Plate], *, threshold: float = 0.5, resamples: int = 2000
+    session: Session,
+    plates: Sequence[Plate],
+    *,
+    threshold: float = 0.5,
+    resamples: int = 2000,
+    prevalence: float | None = None,
 ) -> dict[str, Any]:
     """Pooled over ``plates`` (each with its latest completed scan): wells are the unit."""
     records: list[_WellRecord] = []
@@ -252,22 +289,34 @@ def evaluate_plates(
         records.extend(plate_records)
     if not records:
         raise NothingToEvaluateError("none of these plates has FCT ground truth")
-    report = _cached_report(records, threshold=threshold, resamples=resamples)
+    report = _at_prevalence(
+        copy.deepcopy(_cached_report(records, threshold=threshold, resamples=resamples)),
+        prevalence,
+    )
     report["plates"] = [p.barcode for p in plates]
     return dict(json_safe(report))
 
 
 def evaluate_barcode(
-    session: Session, barcode: str, *, scan_id: int | None = None, resamples: int = 2000
+    session: Session,
+    barcode: str,
+    *,
+    scan_id: int | None = None,
+    resamples: int = 2000,
+    prevalence: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_plate` for the plate called ``barcode`` (and one of its scans)."""
     plate = plate_or_error(session, barcode)
     scan = scan_or_error(session, plate, scan_id) if scan_id is not None else None
-    return evaluate_plate(session, plate, scan=scan, resamples=resamples)
+    return evaluate_plate(session, plate, scan=scan, resamples=resamples, prevalence=prevalence)
 
 
 def evaluate_barcodes(
-    session: Session, barcodes: Sequence[str] | None, *, resamples: int = 2000
+    session: Session,
+    barcodes: Sequence[str] | None,
+    *,
+    resamples: int = 2000,
+    prevalence: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_plates` over these barcodes (None: every plate with FCT ground truth)."""
     if barcodes is not None:
@@ -277,4 +326,4 @@ def evaluate_barcodes(
             raise NotFoundError(f"no plate(s) {missing}")
     else:
         plates = queries.plates_with_fct(session)
-    return evaluate_plates(session, plates, resamples=resamples)
+    return evaluate_plates(session, plates, resamples=resamples, prevalence=prevalence)

@@ -318,6 +318,20 @@ def test_evaluation_matches_a_hand_computed_case(service):
     assert report["scan_id"] == final["id"]
     pooled = client.get("/api/v1/evaluation?plates=EVAL-1&resamples=200").json()
     assert pooled["model"]["metrics"] == metrics
+    # PPV / NPV at a lab's prevalence, by Bayes' rule from this plate's sensitivity/specificity
+    assert "at_prevalence" not in report["model"]
+    at = client.get("/api/v1/plates/EVAL-1/evaluation?resamples=200&prevalence=0.9").json()
+    sens, spec = metrics["sensitivity"], metrics["specificity"]
+    if sens is not None and spec is not None and (sens, spec) != (0.0, 1.0):
+        want_ppv = sens * 0.9 / (sens * 0.9 + (1 - spec) * 0.1)
+        assert at["model"]["at_prevalence"]["ppv"] == pytest.approx(want_ppv)
+    assert at["prevalence"] == 0.9 and "at_prevalence" in at["manual"]["bob"]
+    assert at["model"]["metrics"] == metrics  # the plate's own figures are unchanged
+    again = client.get("/api/v1/plates/EVAL-1/evaluation?resamples=200").json()
+    assert "at_prevalence" not in again["model"]  # the cached report was not altered
+    for bad in ("1.5", "-0.1", "nan"):
+        got = client.get(f"/api/v1/plates/EVAL-1/evaluation?prevalence={bad}")
+        assert got.status_code == 422
 
 
 # -- models --------------------------------------------------------------------------------------

@@ -72,3 +72,16 @@ class UploadProblem(BaseModel):
 
 
 ErrorBody.model_rebuild()
+
+
+# The share of "high" wells at which to report PPV and NPV besides the plate's own (a lab's
+# plates are mostly high: most expanded MSC lots pass the ISCT criterion).
+PrevalenceQuery = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="Share of high wells (0..1) at which to report PPV and NPV as well, e.g. "
+        "0.9; default: only the plates' own.",
+    ),
+]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import SessionDep, Viewer
 from app.evaluation import MAX_POOLED_PLATES, MAX_RESAMPLES, evaluate_barcodes, parse_barcodes
+from app.schemas.common import PrevalenceQuery
 
 router = APIRouter(tags=["evaluation"])
 
@@ -27,7 +28,11 @@ def pooled_evaluation(
     resamples: Annotated[
         int, Query(ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples for the CIs.")
     ] = 2000,
+    prevalence: PrevalenceQuery = None,
 ) -> dict[str, Any]:
-    """Model (and manual) vs FCT over the wells of several plates (latest completed scans).
-    Reports are cached until a scan result, FCT or manual call of those plates changes."""
-    return evaluate_barcodes(session, parse_barcodes(plates), resamples=resamples)
+    """Model (and manual) vs FCT over the wells of several plates (latest completed scans);
+    with ``prevalence``, PPV and NPV at that share of high wells too. Reports are cached until
+    a scan result, FCT or manual call of those plates changes."""
+    return evaluate_barcodes(
+        session, parse_barcodes(plates), resamples=resamples, prevalence=prevalence
+    )

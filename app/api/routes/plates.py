@@ -131,8 +131,12 @@ def plate_evaluation(
     resamples: Annotated[
         int, Query(ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples for the CIs.")
     ] = 2000,
+    prevalence: common.PrevalenceQuery = None,
 ) -> dict[str, Any]:
     """The seven metrics with 95 % CIs and ROC points, model vs FCT (and manual vs FCT, with
-    McNemar and DeLong tests, when manual calls exist), and time per plate. Cached until a
-    scan result, FCT or manual call of the plate changes."""
-    return evaluate_barcode(session, barcode, scan_id=scan_id, resamples=resamples)
+    McNemar and DeLong tests, when manual calls exist), and time per plate; with
+    ``prevalence``, PPV and NPV at that share of high wells too. Cached until a scan result,
+    FCT or manual call of the plate changes."""
+    return evaluate_barcode(
+        session, barcode, scan_id=scan_id, resamples=resamples, prevalence=prevalence
+    )
