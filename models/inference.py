@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from models.calibration import IDENTITY, METADATA_KEY, Calibration
 from models.pipeline import FEATURE_VERSION, PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -99,24 +100,47 @@ class OnnxClassifier:
                 f"{self.model_path} was trained on pipeline feature version {trained_features!r} "
                 f"but this code builds version {FEATURE_VERSION!r}; retrain or pin the code"
             )
+        self.calibration: Calibration = self._read_calibration(metadata)
         self.threshold = float(metadata.get("threshold", "0.5"))
         self.name = metadata.get("model_name", self.model_path.parent.parent.name)
         self.version = metadata.get("model_version", self.model_path.parent.name)
+
+    def _read_calibration(self, metadata: dict[str, str]) -> Calibration:
+        """The calibration the model carries; none (every model exported before it) is identity.
+
+        A present but unreadable key is an error, not identity: silently serving uncalibrated
+        probabilities from a model that says it is calibrated would be wrong without a trace.
+        """
+        text = metadata.get(METADATA_KEY)
+        if text is None:
+            return IDENTITY
+        try:
+            return Calibration.from_dict(json.loads(text))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            raise ValueError(
+                f"{self.model_path} has a malformed {METADATA_KEY!r} metadata entry: {exc}"
+            ) from None
 
     @property
     def provider(self) -> str:
         """The execution provider that actually runs this model."""
         return self.providers[0]
 
-    def predict(self, features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, features: np.ndarray, mask: np.ndarray, *, calibrated: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Score a batch.
 
         Args:
             features: (N, B, H, W) float32.
             mask: (N, 1, H, W) float32 in [0, 1].
+            calibrated: False returns the network's raw P(high), what a calibration is fitted
+                on and what a PyTorch parity check compares against.
 
         Returns:
-            ``probability`` (N,) float32 = P(high), ``logit_map`` (N, 1, h, w) float32.
+            ``probability`` (N,) float32 = calibrated P(high) (``self.calibration`` applied to
+            the network's output; unchanged for an uncalibrated model), ``logit_map``
+            (N, 1, h, w) float32, the network's own (uncalibrated) per-location logits.
         """
         logit_map, probability = self.session.run(
             ["logit_map", "probability"],
@@ -125,4 +149,6 @@ class OnnxClassifier:
                 "mask": np.ascontiguousarray(mask, dtype=np.float32),
             },
         )
-        return np.asarray(probability, dtype=np.float32), np.asarray(logit_map, dtype=np.float32)
+        raw = np.asarray(probability, dtype=np.float32)
+        scored = self.calibration.apply(raw) if calibrated else raw
+        return np.asarray(scored, dtype=np.float32), np.asarray(logit_map, dtype=np.float32)

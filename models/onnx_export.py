@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from models.calibration import METADATA_KEY, Calibration
 from models.inference import OnnxClassifier
 from models.pipeline import FEATURE_VERSION, PipelineConfig
 
@@ -106,6 +109,40 @@ def export_onnx(
     return path
 
 
+def write_calibration(model_path: Path, calibration: Calibration) -> Path:
+    """Store ``calibration`` in an exported model's metadata (key ``calibration``), in place.
+
+    The graph is untouched; any earlier calibration entry is replaced and an identity calibration
+    removes the entry (so the model reads exactly as an uncalibrated one). The new file is written
+    next to the old one and moved over it with ``os.replace``, so a crash or a concurrent reader
+    sees either the old model or the new one, never half a file.
+    """
+    model_path = Path(model_path)
+    graph = onnx.load(str(model_path))
+    kept = [entry for entry in graph.metadata_props if entry.key != METADATA_KEY]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    if not calibration.is_identity:
+        graph.metadata_props.append(
+            onnx.StringStringEntryProto(
+                key=METADATA_KEY, value=json.dumps(calibration.to_dict(), allow_nan=False)
+            )
+        )
+    onnx.checker.check_model(graph)
+    handle, temp_name = tempfile.mkstemp(
+        prefix=f".{model_path.name}.", suffix=".tmp", dir=model_path.parent
+    )
+    os.close(handle)
+    try:
+        onnx.save(graph, temp_name)
+        os.replace(temp_name, model_path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s calibration into %s", calibration.method, model_path)
+    return model_path
+
+
 def check_parity(
     model: nn.Module, path: Path, *, in_bands: int, height: int, width: int, batch: int = 4
 ) -> ParityReport:
@@ -116,7 +153,7 @@ def check_parity(
             torch.from_numpy(features), torch.from_numpy(mask)
         )
     classifier = OnnxClassifier(path, providers="cpu")
-    onnx_prob, onnx_map = classifier.predict(features, mask)
+    onnx_prob, onnx_map = classifier.predict(features, mask, calibrated=False)  # the network itself
     diff = max(
         float(np.max(np.abs(torch_prob.numpy() - onnx_prob))),
         float(np.max(np.abs(torch_map.numpy() - onnx_map))),
