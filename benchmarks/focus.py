@@ -46,6 +46,7 @@ from hardware.microscope import ScanPlan, StepScanner, WellAcquisition
 from hardware.sim import SimulatedMicroscope, SimulationConfig, render_field
 from hardware.sim.truth import plate_truth
 from models.inference import OnnxClassifier
+from models.metrics import auc_score
 from models.pipeline import PipelineConfig, prepare
 from models.repository import BUNDLED_REPOSITORY, ModelRepository
 
@@ -98,21 +99,10 @@ def _qc_frames(seeds: Sequence[int], per_plate: int, objective: str, rng_seed: i
     return frames
 
 
-def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Mann-Whitney AUC: P(score of a positive > score of a negative), ties count half."""
-    if len(positive) == 0 or len(negative) == 0:
-        return float("nan")
-    order = np.concatenate([positive, negative]).argsort(kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
-    # average ranks of ties
-    values = np.concatenate([positive, negative])
-    for value in np.unique(values):
-        tied = values == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2.0
-    return float(u / (len(positive) * len(negative)))
+def _auc_sharp(score: np.ndarray, blurred: np.ndarray) -> float:
+    """AUC of ``score`` for telling sharp frames (positives) from blurred ones."""
+    auc = auc_score((~blurred).astype(int), score)
+    return float("nan") if auc is None else auc
 
 
 def _youden_threshold(sharp: np.ndarray, blurred: np.ndarray) -> float:
@@ -154,8 +144,8 @@ def focus_qc(quick: bool, objective: str) -> dict[str, Any]:
         "held_out_out_of_focus": int(blurred.sum()),
         "threshold_from_calibration": round(threshold, 3),
         "pipeline_min_focus_ratio": default.min_focus_ratio,
-        "auc_focus_ratio": round(_auc(ratio[~blurred], ratio[blurred]), 4),
-        "auc_laplacian_variance": round(_auc(score[~blurred], score[blurred]), 4),
+        "auc_focus_ratio": round(_auc_sharp(ratio, blurred), 4),
+        "auc_laplacian_variance": round(_auc_sharp(score, blurred), 4),
         "at_calibrated_threshold": _rates(held_out, ratio < threshold),
         "at_pipeline_default": _rates(held_out, ratio < default.min_focus_ratio),
         "old_rule_laplacian_below_20": _rates(held_out, score < default.min_focus),

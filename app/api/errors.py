@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.errors import ServiceError
 from app.ground_truth import MAX_REPORTED_ERRORS, UploadError
 from app.schemas.common import ErrorBody, UploadProblem
+from models.metrics import json_safe
 
 ResponseDocs = dict[int | str, dict[str, Any]]
 
@@ -61,27 +61,15 @@ def _upload_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": problem.model_dump()}, status_code=422)
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats spelled as strings ("NaN", "Infinity"): JSON has no
-    such numbers, so a response echoing them cannot be encoded."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 async def _validation_error(request: Request, exc: Exception) -> Response:
     """FastAPI's 422, whose errors echo the input: a body carrying JSON's NaN or Infinity
     tokens (Python's json reads them) would otherwise make the 422 itself fail to encode, and
-    answer 500."""
+    answer 500. Those echoed numbers travel as null."""
     assert isinstance(exc, RequestValidationError)
     try:
         return await request_validation_exception_handler(request, exc)
     except ValueError:  # "Out of range float values are not JSON compliant"
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
+        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, 422)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
