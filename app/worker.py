@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +34,7 @@ from app.classifier import WellCall, WellClassifier
 from hardware.microscope import HardwareError, Objective, PlateScanner, ScanPlan, WellAcquisition
 from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
 from hardware.plate import SBS_96, PlateGeometry, plate_geometry
+from models.decision import CallPolicy
 from store.db import session_scope
 from store.images import ImageStore
 from store.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
@@ -250,17 +252,27 @@ class ScanWorker:
             plan = dataclasses.replace(self._plan(scan), wells=remaining)
             well_ids = {w.name: w.id for w in scan.plate.wells}
             total = scan.wells_total
+            # The model is fixed for the whole scan, even if another is activated meanwhile.
+            classifier, model_version_id = self.context.classifier, self.context.model_version_id
+            if classifier is None or model_version_id is None:  # run_next checked; never unset
+                raise RuntimeError("no model is loaded")
+            # The call policy asked for at creation, resolved against this model and recorded:
+            # a resumed scan resolves the same request against the same model, so the same
+            # thresholds.
+            policy = _resolve_policy(classifier, scan.decision_policy)
+            scan.decision_policy = {
+                "requested": _requested_policy(scan.decision_policy),
+                **policy.to_dict(),
+            }
         if done:
             logger.info(
                 "scan %d resumes: %d wells done, %d to go", scan_id, len(done), len(remaining)
             )
-        # The model is fixed for the whole scan, even if another is activated meanwhile.
-        classifier, model_version_id = self.context.classifier, self.context.model_version_id
-        if classifier is None or model_version_id is None:  # run_next checked; never unset after
-            raise RuntimeError("no model is loaded")
         try:
             for acquisition in self.context.scanner.scan(plan, lambda: self._should_stop(scan_id)):
-                call = None if acquisition.failed else classifier.classify(acquisition.fields)
+                call = (
+                    None if acquisition.failed else classifier.classify(acquisition.fields, policy)
+                )
                 wells_done = self._commit_well(
                     scan_id, plan, well_ids, acquisition, call, model_version_id
                 )
@@ -370,6 +382,7 @@ class ScanWorker:
                         qc_excluded=qc.excluded,
                         qc_flags=list(qc.flags),
                         probability=outcome.probability,
+                        ood_score=outcome.ood_score,
                         confluence_pct=outcome.prepared.confluence_pct,
                         z_um=field.z_um,
                         autofocus=field.autofocus.to_dict() if field.autofocus else None,
@@ -441,6 +454,11 @@ def _result_row(
         status=WellStatus.ok if call.label is not None else WellStatus.excluded,
         label=call.label,
         probability=call.probability,
+        leaning=call.leaning,
+        call_reason=call.reason,
+        confidence=call.confidence,
+        field_spread=call.spread,
+        ood_score=call.ood_score,
         qc_flags=flags,
         fields_used=call.fields_used,
         confluence_pct=call.confluence_pct,
@@ -448,6 +466,27 @@ def _result_row(
         inference_ms=call.inference_ms,
         **common,
     )
+
+
+REQUESTED_POLICY_KEYS = ("threshold_policy", "alpha", "delta")
+
+
+def _requested_policy(recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """What the scan asked for: ``recorded["requested"]`` once resolved, else the creation record
+    (None for scans created before issue 15: the default policy)."""
+    if not recorded:
+        return {}
+    source = recorded.get("requested", recorded)
+    return {key: source[key] for key in REQUESTED_POLICY_KEYS if source.get(key) is not None}
+
+
+def _resolve_policy(classifier: WellClassifier, recorded: dict[str, Any] | None) -> CallPolicy:
+    """The scan's call policy on ``classifier``'s model; ValueError (the scan fails, saying why)
+    when the request needs what the model lacks (a decision set for alpha or Youden)."""
+    try:
+        return classifier.policy(**_requested_policy(recorded))
+    except ValueError as exc:
+        raise ValueError(f"call policy: {exc}") from None
 
 
 class _Heartbeat:

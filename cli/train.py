@@ -97,6 +97,13 @@ def train(
     test_plates: Annotated[
         int, typer.Option(help="Simulated held-out test plates.")
     ] = DEFAULT.test_plates,
+    calibration_plates: Annotated[
+        int,
+        typer.Option(
+            help="Simulated plates held out for the decision set (thresholds, selective "
+            "calls); 0: the validation plates stand in (approximate guarantee)."
+        ),
+    ] = DEFAULT.calibration_plates,
     epochs: Annotated[int, typer.Option()] = DEFAULT.epochs,
     seed: Annotated[int, typer.Option(help="Seeds the plates or split, and training.")] = 0,
     difficulty: Annotated[
@@ -129,6 +136,7 @@ def train(
             "train_plates": train_plates,
             "val_plates": val_plates,
             "test_plates": test_plates,
+            "calibration_plates": calibration_plates,
             "epochs": epochs,
             "seed": seed,
             "difficulty": difficulty,

@@ -16,8 +16,9 @@ Three methods:
   stored as breakpoints and applied by linear interpolation. Fits any monotone distortion but
   needs more data; plain numpy, so serving needs no scikit-learn.
 
-:func:`fit_calibration` with ``method="auto"`` picks between the two by cross-validated negative
-log-likelihood, the proper scoring rule calibration is meant to improve, and records both scores.
+:func:`fit_calibration` with ``method="auto"`` picks between the two (or none, when neither
+beats the network's own probabilities) by cross-validated negative log-likelihood, the proper
+scoring rule calibration is meant to improve, and records all three scores.
 :func:`expected_calibration_error` and :func:`reliability_table` measure the result.
 
 Every map is monotone non-decreasing, so ranking (and therefore ROC AUC) is unchanged apart from
@@ -348,7 +349,12 @@ def fit_calibration(
         "temperature": _cross_validated_nll(p, y, "temperature", assignment, folds),
         "isotonic": _cross_validated_nll(p, y, "isotonic", assignment, folds),
     }
-    chosen = "temperature" if scores["temperature"] <= scores["isotonic"] else "isotonic"
+    # No calibration competes too: its NLL needs no fit, so in-sample is already out-of-fold,
+    # and a map that does not beat it out of fold would only add noise to the served numbers.
+    chosen = min(("identity", "temperature", "isotonic"), key=lambda method: scores[method])
+    if chosen == "identity":
+        logger.info("calibration: none beats the network's own NLL out of fold (%s)", scores)
+        return Calibration(cv_nll=scores)
     fitted = fit_temperature(p, y) if chosen == "temperature" else fit_isotonic(p, y)
     logger.info(
         "calibration: %s chosen by %d-fold NLL (temperature %.4f, isotonic %.4f, none %.4f)",

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from models import decision, ood
 from models.calibration import IDENTITY, METADATA_KEY, Calibration
+from models.decision import DecisionSet
+from models.ood import OodGuard
 from models.pipeline import FEATURE_VERSION, PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -23,6 +26,7 @@ logger = logging.getLogger(__name__)
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+_Entry = TypeVar("_Entry")
 
 
 class RuntimeUnavailableError(RuntimeError):
@@ -101,6 +105,14 @@ class OnnxClassifier:
                 f"but this code builds version {FEATURE_VERSION!r}; retrain or pin the code"
             )
         self.calibration: Calibration = self._read_calibration(metadata)
+        # Both absent (every model exported before issue 15): every field is in distribution,
+        # and only the "default" threshold policy without selective calls is available.
+        self.decision_set: DecisionSet | None = self._read_entry(
+            metadata, decision.METADATA_KEY, DecisionSet.from_dict
+        )
+        self.ood_guard: OodGuard | None = self._read_entry(
+            metadata, ood.METADATA_KEY, OodGuard.from_dict
+        )
         self.threshold = float(metadata.get("threshold", "0.5"))
         self.name = metadata.get("model_name", self.model_path.parent.parent.name)
         self.version = metadata.get("model_version", self.model_path.parent.name)
@@ -120,6 +132,27 @@ class OnnxClassifier:
             raise ValueError(
                 f"{self.model_path} has a malformed {METADATA_KEY!r} metadata entry: {exc}"
             ) from None
+
+    def _read_entry(
+        self, metadata: dict[str, str], key: str, parse: Callable[[Any], _Entry]
+    ) -> _Entry | None:
+        """An optional JSON metadata entry; present but unreadable is an error, as above."""
+        text = metadata.get(key)
+        if text is None:
+            return None
+        try:
+            return parse(json.loads(text))
+        except ValueError as exc:
+            raise ValueError(
+                f"{self.model_path} has a malformed {key!r} metadata entry: {exc}"
+            ) from None
+
+    def ood_scores(self, descriptors: np.ndarray) -> np.ndarray | None:
+        """Out-of-distribution scores of (N, D) field descriptors
+        (:func:`models.ood.field_descriptor`); None when the model carries no guard."""
+        if self.ood_guard is None:
+            return None
+        return np.asarray(self.ood_guard.score(descriptors), dtype=np.float64)
 
     @property
     def provider(self) -> str:

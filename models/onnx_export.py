@@ -112,22 +112,30 @@ def export_onnx(
 def write_calibration(model_path: Path, calibration: Calibration) -> Path:
     """Store ``calibration`` in an exported model's metadata (key ``calibration``), in place.
 
-    The graph is untouched; any earlier calibration entry is replaced and an identity calibration
-    removes the entry (so the model reads exactly as an uncalibrated one). The new file is written
-    next to the old one and moved over it with ``os.replace``, so a crash or a concurrent reader
-    sees either the old model or the new one, never half a file.
+    An identity calibration removes the entry (so the model reads exactly as an uncalibrated
+    one); see :func:`write_metadata` for how the file is replaced.
+    """
+    value = None if calibration.is_identity else json.dumps(calibration.to_dict(), allow_nan=False)
+    write_metadata(model_path, {METADATA_KEY: value})
+    logger.info("wrote %s calibration into %s", calibration.method, model_path)
+    return model_path
+
+
+def write_metadata(model_path: Path, entries: dict[str, str | None]) -> Path:
+    """Set (or, for None, remove) metadata entries of an exported model, in place.
+
+    The graph is untouched and other entries are kept. The new file is written next to the old
+    one and moved over it with ``os.replace``, so a crash or a concurrent reader sees either the
+    old model or the new one, never half a file.
     """
     model_path = Path(model_path)
     graph = onnx.load(str(model_path))
-    kept = [entry for entry in graph.metadata_props if entry.key != METADATA_KEY]
+    kept = [entry for entry in graph.metadata_props if entry.key not in entries]
     del graph.metadata_props[:]
     graph.metadata_props.extend(kept)
-    if not calibration.is_identity:
-        graph.metadata_props.append(
-            onnx.StringStringEntryProto(
-                key=METADATA_KEY, value=json.dumps(calibration.to_dict(), allow_nan=False)
-            )
-        )
+    for key, value in entries.items():
+        if value is not None:
+            graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(graph)
     handle, temp_name = tempfile.mkstemp(
         prefix=f".{model_path.name}.", suffix=".tmp", dir=model_path.parent
@@ -139,7 +147,6 @@ def write_calibration(model_path: Path, calibration: Calibration) -> Path:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    logger.info("wrote %s calibration into %s", calibration.method, model_path)
     return model_path
 
 

@@ -45,6 +45,10 @@ class TrainingRequest(BaseModel):
     train_plates: Annotated[int, Field(ge=1, le=50)] = 4
     val_plates: Annotated[int, Field(ge=1, le=20)] = 1
     test_plates: Annotated[int, Field(ge=1, le=20)] = 2
+    # Held-out plates for the model's decision set (thresholds and selective calls are chosen on
+    # them; see models.decision). 0: the validation plates stand in, and the card says the
+    # selective guarantee is then approximate.
+    calibration_plates: Annotated[int, Field(ge=0, le=20)] = 2
     epochs: Annotated[int, Field(ge=1, le=500)] = 30
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
 

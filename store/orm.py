@@ -164,6 +164,9 @@ class Scan(Base):
     # The useq-schema WellPlatePlan the scan was asked for (its JSON), None for a wells list:
     # the worker takes the plate's rotation, A1 and the points in each well from it.
     plate_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # How wells are called (models.decision.CallPolicy.to_dict() plus what was asked): asked at
+    # creation, resolved against the scan's model when it starts. None: scans before issue 15.
+    decision_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
     plate: Mapped[Plate] = relationship(back_populates="scans")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -210,6 +213,8 @@ class Image(Base):
     # at this site (AutofocusReport.to_dict(); None: no autofocus ran).
     z_um: Mapped[float | None] = mapped_column(Float)
     autofocus: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # Out-of-distribution score (models.ood; None: QC excluded the field or no guard).
+    ood_score: Mapped[float | None] = mapped_column(Float)
 
 
 class WellResult(Base):
@@ -227,8 +232,18 @@ class WellResult(Base):
     status: Mapped[WellStatus] = mapped_column(
         Enum(WellStatus, name="well_status", native_enum=False, length=16)
     )
-    label: Mapped[str | None] = mapped_column(String(8))  # "high" | "low" | None (no call)
+    # "high" | "low" | "uncertain" (confirm by FCT) | "no call" (out of distribution) | None (no
+    # field passed QC); see models.decision.
+    label: Mapped[str | None] = mapped_column(String(16))
     probability: Mapped[float | None] = mapped_column(Float)  # P(high), mean over fields used
+    # high/low at the decision threshold even when not called; why uncertain / no call; the
+    # confidence the selective threshold was compared with, the fields' spread, and the lowest
+    # OOD score of the well's fields. All None before issue 15.
+    leaning: Mapped[str | None] = mapped_column(String(8))
+    call_reason: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    field_spread: Mapped[float | None] = mapped_column(Float)
+    ood_score: Mapped[float | None] = mapped_column(Float)
     qc_flags: Mapped[list[str]] = mapped_column(JSON)
     fields_used: Mapped[int] = mapped_column(Integer, default=0)
     confluence_pct: Mapped[float | None] = mapped_column(Float)

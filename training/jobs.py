@@ -4,6 +4,7 @@ field straddles train / validation / test, train, evaluate the held-out part, pu
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -13,8 +14,19 @@ from typing import Any
 import numpy as np
 
 from hardware.sim import SimulationConfig
+from models import decision, ood
+from models.calibration import (
+    IDENTITY,
+    Calibration,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_table,
+)
+from models.calibration import METADATA_KEY as CALIBRATION_KEY
+from models.decision import DecisionSet, resolve_policy
 from models.metrics import evaluate as evaluate_scores
 from models.networks import MaskedClassifier, create_model
+from models.ood import OodGuard, descriptors, fit_ood_guard
 from models.pipeline import PipelineConfig
 from models.repository import ModelArtifact, ModelRepository
 from models.training_spec import TrainingSpec
@@ -61,6 +73,8 @@ class SimulatedTrainingJob:
     train_plates: int = 4
     val_plates: int = 1
     test_plates: int = 2
+    # Plates for the decision set (models.decision): never trained, stopped or calibrated on.
+    calibration_plates: int = 2
     objective: str = "40x"
     fields_per_well: int = 1
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
@@ -89,6 +103,9 @@ class SimulatedTrainingJob:
             train=self._images("train", self.train_plates),
             val=self._images("val", self.val_plates),
             test=self._images("test", self.test_plates),
+            calibration=(
+                self._images("cal", self.calibration_plates) if self.calibration_plates else None
+            ),
             provenance={
                 "source": "simulated",
                 "simulation": asdict(self.simulation) | {"plate": "SBS-96"},
@@ -97,6 +114,7 @@ class SimulatedTrainingJob:
                 "train_plates": self.barcodes("train", self.train_plates),
                 "val_plates": self.barcodes("val", self.val_plates),
                 "test_plates": self.barcodes("test", self.test_plates),
+                "calibration_plates": self.barcodes("cal", self.calibration_plates),
             },
             intended_use=SIMULATED_USE,
         )
@@ -127,6 +145,8 @@ class TrainingData:
     test: ImageSet
     provenance: dict[str, object]
     intended_use: str
+    # Held-out fields for the decision set; None: the validation split stands in.
+    calibration: ImageSet | None = None
 
 
 def split_by_group(
@@ -267,16 +287,26 @@ def train_and_publish(
         train_config = replace(train_config, intensity_bands=jitter_bands(pipeline, in_bands))
     model = create_model(architecture, in_bands=in_bands)
     result = train(model, data.train, data.val, train_config, progress=progress)
-    test_metrics = evaluate_model_on(result.model, data.test)
+    reliability = fit_reliability(result.model, data)
+    test_metrics = evaluate_model_on(result.model, data.test, calibration=reliability.calibration)
     card: dict[str, object] = {
         "intended_use": data.intended_use,
         "data": {
             **data.provenance,
-            "images": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "excluded_by_qc": data.train.excluded + data.val.excluded + data.test.excluded,
+            "images": {
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test),
+                "calibration": len(data.calibration) if data.calibration is not None else 0,
+            },
+            "excluded_by_qc": data.train.excluded
+            + data.val.excluded
+            + data.test.excluded
+            + (data.calibration.excluded if data.calibration is not None else 0),
         },
         "training": result.summary(),
         "metrics": {"test": test_metrics},
+        **reliability.card(result.model, data.test),
     }
     artifact = publish(
         result.model,
@@ -286,15 +316,156 @@ def train_and_publish(
         pipeline=pipeline,
         in_bands=in_bands,
         card=card,
+        metadata=reliability.metadata(),
     )
     return artifact, card
 
 
+@dataclass(frozen=True)
+class Reliability:
+    """What a trained model carries besides its weights (issue 15): its calibration (fitted on
+    the validation split), its decision set (calibrated probabilities of held-out fields) and
+    its out-of-distribution guard (fitted on the training fields).
+
+    A part the data cannot support (too few fields, one class only) is None, and ``skipped``
+    says why: the model is then served without it (identity calibration, no selective calls
+    or data-driven thresholds, no guard), as every model before issue 15 was.
+    """
+
+    calibration: Calibration
+    decision_set: DecisionSet | None
+    ood_guard: OodGuard | None
+    skipped: dict[str, str]
+
+    def metadata(self) -> dict[str, str]:
+        """ONNX metadata entries (read back by models.inference.OnnxClassifier)."""
+        entries = {}
+        if self.decision_set is not None:
+            entries[decision.METADATA_KEY] = json.dumps(self.decision_set.to_dict())
+        if self.ood_guard is not None:
+            entries[ood.METADATA_KEY] = json.dumps(self.ood_guard.to_dict(), allow_nan=False)
+        if not self.calibration.is_identity:
+            entries[CALIBRATION_KEY] = json.dumps(self.calibration.to_dict(), allow_nan=False)
+        return entries
+
+    def card(self, model: MaskedClassifier, test: ImageSet) -> dict[str, object]:
+        """The card's "calibration", "decision_set" and "ood" sections, with the test split's
+        ECE before and after calibration, its reliability table, the thresholds each policy
+        picks and the guard's false-positive rate on the test fields."""
+        raw = predict(model, test)
+        calibrated = self.calibration.apply(raw)
+        sections: dict[str, object] = {
+            "calibration": {
+                **self.calibration.to_dict(),
+                "fitted_on": "validation split",
+                "ece_bins": ECE_BINS,
+                "ece_test_raw": expected_calibration_error(raw, test.labels, ECE_BINS),
+                "ece_test_calibrated": expected_calibration_error(
+                    calibrated, test.labels, ECE_BINS
+                ),
+                "reliability_test": [
+                    b.to_dict() for b in reliability_table(calibrated, test.labels, ECE_BINS)
+                ],
+                **_skipped(self.skipped, "calibration"),
+            },
+            "decision_set": _skipped(self.skipped, "decision_set"),
+            "ood": _skipped(self.skipped, "ood"),
+        }
+        if self.decision_set is not None:
+            thresholds = {
+                policy: resolve_policy(
+                    decision_set=self.decision_set, threshold_policy=policy
+                ).threshold
+                for policy in ("default", "youden", "sensitivity:0.95", "specificity:0.95")
+            }
+            selective = {}
+            for alpha in (0.02, 0.05, 0.1):
+                chosen = resolve_policy(decision_set=self.decision_set, alpha=alpha).selective
+                selective[str(alpha)] = chosen.to_dict() if chosen is not None else None
+            sections["decision_set"] = {
+                **self.decision_set.summary(),
+                "thresholds": thresholds,
+                "selective": selective,
+            }
+        if self.ood_guard is not None:
+            test_scores = self.ood_guard.score(descriptors(test.features, test.masks))
+            sections["ood"] = {
+                "method": "Mahalanobis distance of field descriptors (models.ood)",
+                "descriptor": self.ood_guard.version,
+                "threshold": self.ood_guard.threshold,
+                "quantile": self.ood_guard.quantile,
+                "fields_fitted": self.ood_guard.n_train,
+                "test_flagged": float(np.mean(self.ood_guard.is_out(test_scores))),
+            }
+        return sections
+
+
+def _skipped(skipped: dict[str, str], part: str) -> dict[str, str]:
+    return {"skipped": skipped[part]} if part in skipped else {}
+
+
+ECE_BINS = 15
+
+
+def fit_reliability(model: MaskedClassifier, data: TrainingData) -> Reliability:
+    """Calibrate on the validation split, score the decision set, fit the OOD guard.
+
+    The decision set is the calibration plates when the data has them (never trained, stopped
+    or calibrated on: the selective guarantee holds), else the validation split (marked
+    ``held_out=False``: it also chose the epoch and fitted the calibration).
+    """
+    skipped: dict[str, str] = {}
+    calibration = IDENTITY
+    try:
+        calibration = fit_calibration(predict(model, data.val), data.val.labels, method="auto")
+    except ValueError as exc:
+        skipped["calibration"] = f"not fitted on {len(data.val)} validation fields: {exc}"
+    held_out = data.calibration is not None
+    fields = data.calibration if data.calibration is not None else data.val
+    source = (
+        "calibration plates (held out from training, early stopping and calibration)"
+        if held_out
+        else "validation split (also used for early stopping and calibration)"
+    )
+    decision_set = None
+    try:
+        decision_set = DecisionSet.of(
+            calibration.apply(predict(model, fields)),
+            fields.labels,
+            source=f"{source}: {', '.join(sorted(set(fields.groups.tolist()))[:20])}",
+            held_out=held_out,
+        )
+    except ValueError as exc:
+        skipped["decision_set"] = str(exc)
+    guard = None
+    try:
+        # Folds by plate, so the threshold covers plate-to-plate variation; one plate: by field.
+        groups = data.train.groups.tolist() if len(set(data.train.groups.tolist())) > 1 else None
+        guard = fit_ood_guard(data.train.features, data.train.masks, groups=groups)
+    except ValueError as exc:
+        skipped["ood"] = f"not fitted on {len(data.train)} training fields: {exc}"
+    for part, why in skipped.items():
+        logger.warning("the model is published without its %s: %s", part, why)
+    logger.info(
+        "calibration %s; decision set %s fields; OOD threshold %s",
+        calibration.method,
+        decision_set.size if decision_set is not None else "no",
+        f"{guard.threshold:.2f}" if guard is not None else "none",
+    )
+    return Reliability(calibration, decision_set, guard, skipped)
+
+
 def evaluate_model_on(
-    model: MaskedClassifier, data: ImageSet, threshold: float = 0.5
+    model: MaskedClassifier,
+    data: ImageSet,
+    threshold: float = 0.5,
+    *,
+    calibration: Calibration = IDENTITY,
 ) -> dict[str, object]:
-    """Per-image metrics, 95 % bootstrap intervals and ROC points on ``data``."""
-    report = evaluate_scores(data.labels, predict(model, data), threshold=threshold)
+    """Per-image metrics, 95 % bootstrap intervals and ROC points on ``data``, of the
+    probabilities the service serves (``calibration`` applied to the network's)."""
+    probabilities = calibration.apply(predict(model, data))
+    report = evaluate_scores(data.labels, probabilities, threshold=threshold)
     report["unit"] = "image (one stored field; simulated plates hold one field per well)"
     report["positive_rate"] = float(np.mean(data.labels))
     return report
@@ -331,6 +502,7 @@ def run_training(
             train_plates=spec.train_plates,
             val_plates=spec.val_plates,
             test_plates=spec.test_plates,
+            calibration_plates=spec.calibration_plates,
             simulation=SimulationConfig(seed=spec.seed, difficulty=spec.difficulty),
             train_config=train_config,
             progress=progress,

@@ -54,11 +54,13 @@ def publish(
     in_bands: int,
     card: dict[str, Any],
     threshold: float = 0.5,
+    metadata: dict[str, str] | None = None,
 ) -> ModelArtifact:
     """Write ``<name>/<next version>/`` with model.onnx and model_card.json.
 
     The card passed in holds data provenance, training config and metrics; this adds the
-    architecture, preprocessing, parity result, date and code version.
+    architecture, preprocessing, parity result, date and code version. ``metadata``: further
+    ONNX metadata entries (calibration, decision set, OOD guard; see training.jobs.Reliability).
     """
     version, directory = repository.new_version_dir(name)
     model_path = directory / MODEL_FILENAME
@@ -68,7 +70,12 @@ def publish(
         pipeline,
         in_bands=in_bands,
         threshold=threshold,
-        metadata={"model_name": name, "model_version": str(version), "architecture": architecture},
+        metadata={
+            "model_name": name,
+            "model_version": str(version),
+            "architecture": architecture,
+            **(metadata or {}),
+        },
     )
     parity = check_parity(
         model, model_path, in_bands=in_bands, height=pipeline.height, width=pipeline.width

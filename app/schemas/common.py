@@ -28,7 +28,12 @@ MAX_WELLS = 1536
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 QcFlag = Literal[
-    "overexposed", "underexposed", "out_of_focus", "acquisition_failed", "focus_failed"
+    "overexposed",
+    "underexposed",
+    "out_of_focus",
+    "acquisition_failed",
+    "focus_failed",
+    "out_of_distribution",
 ]
 
 ScanIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Scan id.")]
