@@ -5,20 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import audit
+from app.classifier import WellClassifier
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.schemas.plates import WellResultPublic
 from app.schemas.scans import ScanCreate, ScanPage, ScanPublic
+from app.settings import Settings
 from hardware.microscope import Objective
 from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
 from hardware.plate import SBS_96, PlateGeometry, plate_geometry
+from models.decision import CallPolicy, ThresholdPolicy
 from store import queries
 from store.db import session_scope
 from store.orm import Scan, ScanStatus
@@ -28,10 +33,119 @@ class IdempotencyConflictError(InvalidRequestError):
     """The Idempotency-Key was used before with a different request body."""
 
 
+# Request fields added with calls a lab can act on (issue 15): left out of the fingerprint when
+# unset, so a request that does not name them fingerprints as it did before (a retry of a scan
+# queued before the upgrade still finds it).
+_POLICY_FIELDS = ("threshold_policy", "alpha", "delta")
+
+
 def request_fingerprint(request: ScanCreate) -> str:
-    """SHA-256 of the request's canonical JSON (defaults filled in, keys sorted)."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the request's canonical JSON (defaults filled in, keys sorted; the call-policy
+    fields only when given)."""
+    body = request.model_dump(mode="json")
+    for name in _POLICY_FIELDS:
+        if body.get(name) is None:
+            body.pop(name, None)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PolicyDefaults:
+    """The service's call policy (MSCREEN_THRESHOLD_POLICY, _SELECTIVE_ALPHA, _SELECTIVE_DELTA),
+    for the requests that name none. The defaults here are the models' own behaviour."""
+
+    threshold_policy: str = "default"
+    alpha: float | None = None
+    delta: float = 0.1
+
+    @classmethod
+    def of(cls, settings: Settings) -> PolicyDefaults:
+        return cls(settings.threshold_policy, settings.selective_alpha, settings.selective_delta)
+
+
+def requested_policy(request: ScanCreate, defaults: PolicyDefaults) -> dict[str, Any]:
+    """What the scan asks for: ``{threshold_policy, alpha, delta}``, the request's choices and
+    the service's where it names none (stored in ``Scan.decision_policy`` at creation)."""
+    return {
+        "threshold_policy": (
+            request.threshold_policy
+            if request.threshold_policy is not None
+            else defaults.threshold_policy
+        ),
+        "alpha": request.alpha if request.alpha is not None else defaults.alpha,
+        "delta": request.delta if request.delta is not None else defaults.delta,
+    }
+
+
+class ModelCannotServePolicyError(ConflictError):
+    """The request asks for thresholds the serving model cannot choose: it has no decision set
+    (held-out calibration fields). A 409, not a 422: the same request is valid on a model that
+    carries one, so it is the service's state, not the request, that is in the way."""
+
+
+_SETTING_OF = {
+    "threshold_policy": "MSCREEN_THRESHOLD_POLICY",
+    "alpha": "MSCREEN_SELECTIVE_ALPHA",
+    "delta": "MSCREEN_SELECTIVE_DELTA",
+}
+
+
+def service_defaults_used(request: ScanCreate) -> list[str]:
+    """The call-policy fields ``request`` leaves to the service's settings."""
+    return [name for name in _POLICY_FIELDS if getattr(request, name) is None]
+
+
+def check_policy(
+    classifier: WellClassifier, policy: dict[str, Any], *, from_service: Sequence[str] = ()
+) -> CallPolicy:
+    """``policy`` resolved against ``classifier``'s model, as the worker will resolve it.
+
+    ``from_service``: the fields that came from the service's settings, named in a refusal
+    (a lab that never sent an alpha must learn where it came from).
+
+    Raises:
+        ModelCannotServePolicyError: it needs a decision set and the model has none (409).
+        InvalidRequestError: anything else the model refuses (a policy under which no field is
+            high, so no selective threshold exists), naming it (422).
+    """
+    try:
+        return classifier.policy(**policy)
+    except ValueError as exc:
+        model = classifier.model
+        # The choices that need a decision set: only those are named when it is missing.
+        needing = [
+            name
+            for name, needs in (
+                ("threshold_policy", _needs_decision_set(policy.get("threshold_policy", ""))),
+                ("alpha", policy.get("alpha") is not None),
+            )
+            if needs
+        ]
+        if model.decision_set is None and needing:
+            raise ModelCannotServePolicyError(
+                f"the serving model {model.name} v{model.version} cannot serve this call "
+                f"policy{_origin(needing, from_service)}: {exc}"
+            ) from exc
+        raise InvalidRequestError(
+            f"call policy{_origin(list(_POLICY_FIELDS), from_service)}: {exc}"
+        ) from exc
+
+
+def _origin(names: Sequence[str], from_service: Sequence[str]) -> str:
+    """`` (alpha from the service's MSCREEN_SELECTIVE_ALPHA)`` for those of ``names`` that the
+    service's settings supplied; "" when the request chose them all."""
+    settings = [
+        f"{name} from the service's {_SETTING_OF[name]}" for name in names if name in from_service
+    ]
+    return f" ({'; '.join(settings)})" if settings else ""
+
+
+def _needs_decision_set(text: str) -> bool:
+    try:
+        return ThresholdPolicy.parse(text).needs_decision_set
+    except ValueError:
+        return False
 
 
 def find_idempotent(session: Session, key: str, request: ScanCreate) -> Scan | None:
@@ -65,8 +179,14 @@ def create_scan(
     idempotency_key: str | None = None,
     geometry: PlateGeometry = SBS_96,
     field_of_view: Callable[[Objective], tuple[float, float]] = simulated_field_of_view_um,
+    policy_defaults: PolicyDefaults = PolicyDefaults(),
 ) -> Scan:
     """Queue the scan ``request`` asks for (default: every well) on ``microscope``.
+
+    Its call policy (:func:`requested_policy`, ``policy_defaults`` filling in what the request
+    leaves unset) is recorded in ``Scan.decision_policy``; the worker resolves it against its
+    model when the scan starts. Checking it against the serving model first is the caller's
+    (:func:`check_policy`): this function needs no model.
 
     A request with a ``plate_plan`` scans the plan's wells and points on a plate of the plan's
     type; otherwise the wells are checked against the plate's own geometry (a stored plate's
@@ -76,6 +196,7 @@ def create_scan(
         geometry: the geometry of a new plate scanned without a plan (the 96-well plate).
         field_of_view: (width, height) in um of a camera field at an objective: every field of
             a plan must lie inside its well.
+        policy_defaults: the service's call policy settings.
 
     Raises:
         WellNameError or ValueError: naming the offending well, or what is wrong with the plan
@@ -120,6 +241,7 @@ def create_scan(
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint(request),
         plate_plan=plan_json,
+        decision_policy=requested_policy(request, policy_defaults),
     )
     session.add(scan)
     session.flush()
@@ -165,20 +287,34 @@ def start_scan(
     microscope: str,
     requested_by: str,
     idempotency_key: str | None = None,
+    policy_defaults: PolicyDefaults = PolicyDefaults(),
+    classifier: WellClassifier | None = None,
 ) -> Scan:
     """Queue ``request`` (committed), or return the scan an earlier same-key request queued.
 
-    Raises InvalidRequestError (a bad well list or plate plan, a key reused for another body:
-    whether that earlier request committed long ago or a moment ago in a concurrent race) or
-    ConflictError (the plate is stored with another type than the plan's; concurrent requests
-    kept changing this plate: retry).
+    With ``classifier`` (the serving model) a new scan's call policy is checked against it
+    first (:func:`check_policy`), so a policy the model cannot serve is refused now rather
+    than failing the scan when the worker starts it. A same-key retry returns its scan
+    unchecked: it was accepted once.
+
+    Raises InvalidRequestError (a bad well list, plate plan or call policy, a key reused for
+    another body: whether that earlier request committed long ago or a moment ago in a
+    concurrent race) or ConflictError (the serving model has no decision set for the policy
+    asked; the plate is stored with another type than the plan's; concurrent requests kept
+    changing this plate: retry).
     """
-    for _attempt in range(START_ATTEMPTS):
+    for attempt in range(START_ATTEMPTS):
         if idempotency_key:
             existing = session.scalar(select(Scan).where(Scan.idempotency_key == idempotency_key))
             if existing is not None:
                 # Decided outside any except block: a reused key is this request's own 422.
                 return same_request_or_error(existing, idempotency_key, request)
+        if classifier is not None and attempt == 0:
+            check_policy(
+                classifier,
+                requested_policy(request, policy_defaults),
+                from_service=service_defaults_used(request),
+            )
         try:
             scan = create_scan(
                 session,
@@ -186,6 +322,7 @@ def start_scan(
                 microscope=microscope,
                 requested_by=requested_by,
                 idempotency_key=idempotency_key,
+                policy_defaults=policy_defaults,
             )
             audit(session, requested_by, "scan.create", f"scan:{scan.id}", **request.model_dump())
             session.commit()

@@ -11,6 +11,7 @@ from pydantic_settings import NoDecode
 
 from hardware.backends import get_backend
 from hardware.microscope import check_channels
+from models.decision import ThresholdPolicy
 from models.repository import BUNDLED_REPOSITORY
 from store.settings import StoreSettings
 
@@ -134,6 +135,30 @@ class Settings(StoreSettings):
         default=False,
         description="Development only: every caller is an anonymous admin. Refused in production.",
     )
+    threshold_policy: str = Field(
+        default="default",
+        description="How a scan's decision threshold is chosen when its request names none: "
+        "default (the model's own, 0.5), youden (max sensitivity + specificity - 1), "
+        "sensitivity:S or specificity:S (the loosest threshold keeping that rate >= S). All but "
+        "default need a model with a decision set (held-out calibration fields); a scan asking "
+        "for it on a model without one is refused (409). See models.decision.",
+    )
+    selective_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Selective calls when a scan's request names no alpha: wells whose "
+        "confidence would not keep the error rate among called wells <= this are 'uncertain' "
+        "(confirm by FCT). Unset: off, every in-distribution well is called high or low. Needs "
+        "a model with a decision set.",
+    )
+    selective_delta: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Risk that the selective threshold's error guarantee fails (1 - confidence "
+        "of the Clopper-Pearson bound), when a scan's request names no delta.",
+    )
     import_root: Path | None = Field(
         default=None,
         description="Folder the API may import plates from (POST /imports takes paths under "
@@ -151,6 +176,11 @@ class Settings(StoreSettings):
     @classmethod
     def _valid_channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return check_channels(value)  # ValueError naming what is wrong
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _valid_threshold_policy(cls, value: str) -> str:
+        return str(ThresholdPolicy.parse(value))  # ValueError naming the accepted forms
 
     @field_validator("microscope")
     @classmethod

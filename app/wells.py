@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session
 from app.errors import ConflictError, GoneError, InvalidRequestError, NotFoundError
 from app.schemas.common import QcFlag
 from app.schemas.plates import (
+    ConfirmCounts,
+    ConfirmListPublic,
+    ConfirmWellPublic,
     FctWellPublic,
     PlatePage,
     PlateSummary,
@@ -27,7 +30,7 @@ from app.schemas.scans import ScanPublic
 from hardware.plate import WellNameError, plate_geometry
 from store import queries
 from store.images import CorruptImageError, ImageStore
-from store.orm import Plate, Scan, WellResult
+from store.orm import Plate, Scan, WellResult, WellStatus
 
 
 def plate_or_error(session: Session, barcode: str) -> Plate:
@@ -169,6 +172,7 @@ def fct_wells(session: Session, barcode: str) -> list[FctWellPublic]:
     ]
 
 
+# The call's columns (issue 15) come last, so the earlier ones keep their positions.
 CSV_COLUMNS = (
     "well",
     "status",
@@ -180,7 +184,16 @@ CSV_COLUMNS = (
     "model",
     "scan_id",
     "error",
+    "leaning",
+    "call_reason",
+    "confidence",
+    "field_spread",
+    "ood_score",
 )
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def results_csv(results: Sequence[WellResultPublic]) -> str:
@@ -200,6 +213,114 @@ def results_csv(results: Sequence[WellResultPublic]) -> str:
                 f"{r.model.name}:v{r.model.version}" if r.model else "",
                 r.scan_id,
                 r.error or "",
+                r.leaning or "",
+                r.call_reason or "",
+                _number(r.confidence, 4),
+                _number(r.field_spread, 4),
+                _number(r.ood_score, 2),
+            ]
+        )
+    return buffer.getvalue()
+
+
+@dataclass
+class ConfirmList:
+    """A scan's confirm list, with its plate and scan (for a download's file name)."""
+
+    plate: Plate
+    scan: Scan
+    public: ConfirmListPublic
+
+
+def _confirm_reason(result: WellResultPublic) -> str | None:
+    """Why ``result`` needs confirming, or None for a call (high or low)."""
+    if result.label in ("high", "low"):
+        return None
+    if result.label is not None:  # uncertain, no call: the decision says why
+        return result.call_reason or result.label
+    if result.status == WellStatus.failed:
+        return f"acquisition failed: {result.error}" if result.error else "acquisition failed"
+    flags = ", ".join(result.qc_flags) if result.qc_flags else "no field passed QC"
+    return f"excluded by QC ({flags}): re-image the well or confirm by FCT"
+
+
+def confirm_list(session: Session, barcode: str, *, scan_id: int | None = None) -> ConfirmList:
+    """The wells of the latest (or a given) scan that the model did not call, for FCT.
+
+    Listed: "uncertain" (not called at the scan's alpha) and "no call" (out of distribution),
+    and also the wells without any call because QC excluded every field or the acquisition
+    failed: for the lab they are as undecided as the others, and leaving them out would let
+    a well drop out of both the calls and the list. Every result is counted.
+    """
+    found = plate_wells(session, barcode, scan_id=scan_id)
+    listed: list[ConfirmWellPublic] = []
+    for r in found.wells:
+        reason = _confirm_reason(r)
+        if reason is None:
+            continue
+        listed.append(
+            ConfirmWellPublic(
+                well=r.well,
+                label=r.label,
+                status=r.status,
+                reason=reason,
+                probability=r.probability,
+                leaning=r.leaning,
+                confidence=r.confidence,
+                ood_score=r.ood_score,
+            )
+        )
+    labels = [r.label for r in found.wells]
+    counts = ConfirmCounts(
+        total=len(found.wells),
+        called=sum(label in ("high", "low") for label in labels),
+        high=labels.count("high"),
+        low=labels.count("low"),
+        uncertain=labels.count("uncertain"),
+        no_call=labels.count("no call"),
+        excluded=sum(r.label is None and r.status == WellStatus.excluded for r in found.wells),
+        failed=sum(r.label is None and r.status == WellStatus.failed for r in found.wells),
+        to_confirm=len(listed),
+    )
+    public = ConfirmListPublic(
+        plate_barcode=found.plate.barcode,
+        scan_id=found.scan.id,
+        scan_status=found.scan.status,
+        decision_policy=found.scan.decision_policy,
+        counts=counts,
+        wells=listed,
+    )
+    return ConfirmList(found.plate, found.scan, public)
+
+
+CONFIRM_CSV_COLUMNS = (
+    "well",
+    "label",
+    "status",
+    "reason",
+    "probability",
+    "leaning",
+    "confidence",
+    "ood_score",
+)
+
+
+def confirm_csv(wells: Sequence[ConfirmWellPublic]) -> str:
+    """The confirm list as CSV (a label column left empty: no field passed QC or it failed)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CONFIRM_CSV_COLUMNS)
+    for w in wells:
+        writer.writerow(
+            [
+                w.well,
+                w.label or "",
+                w.status.value,
+                w.reason,
+                _number(w.probability, 4),
+                w.leaning or "",
+                _number(w.confidence, 4),
+                _number(w.ood_score, 2),
             ]
         )
     return buffer.getvalue()

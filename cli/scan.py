@@ -59,6 +59,32 @@ def scan(
         bool,
         typer.Option(help="Simulated microscope only: compare calls with the hidden FCT truth."),
     ] = False,
+    threshold_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold-policy",
+            help="How the decision threshold is chosen: default, youden, sensitivity:S or "
+            "specificity:S (all but default need a model with a decision set); default: "
+            "MSCREEN_THRESHOLD_POLICY of the service.",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            help="Selective calls: the error rate allowed among called wells, in (0, 1); the "
+            "others are 'uncertain' (confirm by FCT). Default: MSCREEN_SELECTIVE_ALPHA (unset: "
+            "off).",
+        ),
+    ] = None,
+    delta: Annotated[
+        float | None,
+        typer.Option(
+            "--delta",
+            help="Risk that the --alpha guarantee fails, in (0, 1); default: "
+            "MSCREEN_SELECTIVE_DELTA (0.1).",
+        ),
+    ] = None,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Scan a plate, classify each well as it is imaged, and print the 96-well map."""
@@ -71,6 +97,11 @@ def scan(
         "fields_per_well": fields,
         "wells": well_list,
     }
+    # Only what was given: the service fills in its own defaults (and the request's idempotency
+    # fingerprint stays that of a request without them).
+    for name, value in (("threshold_policy", threshold_policy), ("alpha", alpha), ("delta", delta)):
+        if value is not None:
+            body[name] = value
     if plate_plan is not None:
         if well_list is not None or fields != 1:
             raise UserError(
@@ -109,7 +140,13 @@ def _read_plate_plan(path: Path) -> dict[str, object]:
 
 def _scan_local(settings: Settings, body: dict[str, object]) -> tuple[list[WellResultPublic], str]:
     from app.runtime import build_runtime
-    from app.scans import create_scan
+    from app.scans import (
+        PolicyDefaults,
+        check_policy,
+        create_scan,
+        requested_policy,
+        service_defaults_used,
+    )
     from app.schemas.plates import WellResultPublic
     from app.schemas.scans import ScanCreate, ScanPublic
     from store.db import session_scope
@@ -119,10 +156,20 @@ def _scan_local(settings: Settings, body: dict[str, object]) -> tuple[list[WellR
     request = ScanCreate.model_validate(body)
     runtime = build_runtime(settings)
     try:
-        runtime.require_model()  # degraded (no model can serve): say why before writing a scan
+        # Degraded (no model can serve), or a call policy the model cannot serve: say why
+        # before writing a scan (a ServiceError: one line).
+        classifier = runtime.require_model()
+        defaults = PolicyDefaults.of(settings)
+        check_policy(
+            classifier,
+            requested_policy(request, defaults),
+            from_service=service_defaults_used(request),
+        )
         try:
             with session_scope(runtime.session_factory) as session:
-                scan_row = create_scan(session, request, microscope=runtime.microscope_name)
+                scan_row = create_scan(
+                    session, request, microscope=runtime.microscope_name, policy_defaults=defaults
+                )
                 scan_id, total = scan_row.id, scan_row.wells_total
         except ValueError as exc:  # a well twice, a plan's field too near a well's wall
             raise UserError(str(exc)) from None
@@ -180,7 +227,7 @@ def _print_truth_comparison(barcode: str, results: list[WellResultPublic]) -> No
     from hardware.sim import SimulationConfig, plate_truth
 
     truth = plate_truth(SimulationConfig(seed=get_settings().simulation_seed), barcode)
-    called = [r for r in results if r.label is not None]
+    called = [r for r in results if r.label in ("high", "low")]  # uncertain / no call: not calls
     if not called:
         typer.echo("no well was called; nothing to compare", err=True)
         return

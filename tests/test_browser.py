@@ -1,6 +1,10 @@
 """The plate-map page (app/static/) in a real headless browser: Debian's Chromium driven by
 Playwright against the real service (uvicorn on a free port, worker, SQLite, ONNX model).
 
+A second test serves models with a decision set and an out-of-distribution guard (see
+tests/test_call_policy_api.py) and checks the uncertain and no-call wells: their marks on the
+map, the reason in the well panel, and the "confirm by FCT" list beside the plate.
+
 Skips when /usr/bin/chromium or Playwright is missing, unless MSCREEN_REQUIRE_BROWSER=1 (CI),
 where it fails instead. With MSCREEN_TEST_UPDATE_SCREENSHOT=1 the full-page screenshot it takes
 at the end replaces docs/images/platemap.png (the docs' picture comes from this test only).
@@ -15,8 +19,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,12 +106,20 @@ def _free_socket() -> socket.socket:
 @pytest.fixture
 def live_service(tmp_path: Path, sqlite_url: str) -> Iterator[LiveService]:
     """The real service under uvicorn in a background thread, on a fresh SQLite database."""
+    with _live(tmp_path, sqlite_url) as service:
+        yield service
+
+
+@contextmanager
+def _live(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Iterator[LiveService]:
+    """:func:`live_service` with ``overrides`` of its settings (another model repository)."""
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=sqlite_url,
         worker_poll_seconds=0.05,
         onnx_provider="cpu",
         _env_file=None,  # type: ignore[call-arg]
+        **overrides,
     )
     app = create_app(settings)
     sock = _free_socket()
@@ -177,9 +191,13 @@ def _map_matches_api(page, calls: dict[str, dict]) -> None:
         assert (state, label) == (call["status"], call["label"]), name
         assert qc == (call["status"] != "ok" or bool(call["qc_flags"])), name
         assert aria.startswith(f"{name}: "), aria
-    no_call = sum(w["label"] is None for w in calls.values())
+    labels = [w["label"] for w in calls.values()]
+    uncertain, no_call, excluded = (labels.count(x) for x in ("uncertain", "no call", None))
     expect(page.locator("#plate-summary")).to_have_text(
-        re.compile(rf"{no_call} no call · 0 not yet scanned$")
+        re.compile(
+            rf"{uncertain} uncertain · {no_call} no call · {excluded} excluded · "
+            r"0 not yet scanned$"
+        )
     )
 
 
@@ -215,7 +233,7 @@ def _agreement_shows(page, calls: dict[str, dict], fct: list[dict], evaluation: 
     expect(auc_row).to_contain_text(f"{low:.3f} – {high:.3f}")
 
     fct_labels = {r["well"]: r["label"] for r in fct}
-    called = [w for w in calls.values() if w["label"] is not None]
+    called = [w for w in calls.values() if w["label"] in ("high", "low")]
     agree = sum(fct_labels[w["well"]] == w["label"] for w in called)
     verdicts = page.eval_on_selector_all(
         "#agreement-plate [data-agreement-well]", "cells => cells.map(c => c.dataset.agreement)"
@@ -258,7 +276,7 @@ def test_plate_map_scan_live_well_panel_and_agreement(browser, live_service, tmp
 
         calls = {w["well"]: w for w in api.get(f"{plate}/wells").json()["wells"]}
         _map_matches_api(page, calls)
-        called = [w for w in calls.values() if w["label"] is not None]
+        called = [w for w in calls.values() if w["label"] in ("high", "low")]
         _panel_shows(page, called[0])
         assert page.locator("#agreement").is_hidden()  # no FCT yet: evaluation is a 404
 
@@ -294,3 +312,113 @@ def test_plate_map_scan_live_well_panel_and_agreement(browser, live_service, tmp
     assert shot.stat().st_size < 1_000_000, f"the screenshot is {shot.stat().st_size} bytes"
     if os.environ.get("MSCREEN_TEST_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, SCREENSHOT)
+
+
+# -- calls a lab can act on: uncertain and no-call wells ---------------------------------------
+CALL_WELLS = ["A1", "A2", "A3", "B1", "B8", "C2", "C11", "H9"]  # see tests/test_call_policy_api
+OOD_BARCODE = "MSC-2026-0003"
+
+
+def _scan_from_page(page, barcode: str, wells: list[str], alpha: str) -> None:
+    """Start a scan from the page's form and wait until it is completed."""
+    page.fill("#barcode", barcode)
+    page.fill("#wells", " ".join(wells))
+    page.fill("#alpha", alpha)
+    page.click("#start-scan")
+    # expect() has its own 5 s default, which a slow machine's scan can exceed.
+    expect(page.locator("#status")).to_contain_text("completed", timeout=TIMEOUT_MS)
+    expect(page.locator('#plate [data-well]:not([data-state="empty"])')).to_have_count(
+        len(wells), timeout=TIMEOUT_MS
+    )
+
+
+def _well_shows(page, well: dict) -> None:
+    """The map's cell and the well panel show an uncalled well's call, why and numbers."""
+    cell = page.locator(f'[data-well="{well["well"]}"]')
+    expect(cell).to_have_attribute("data-label", well["label"])
+    expect(cell).to_have_text("?" if well["label"] == "uncertain" else "∅")
+    cell.click()
+    expect(page.locator("#panel-title")).to_have_text(f"Well {well['well']}")
+    expect(page.locator("#panel-label")).to_have_text(well["label"])
+    expect(page.locator("#panel-reason")).to_have_text(well["call_reason"])
+    if well["label"] == "uncertain":
+        expect(page.locator("#panel-call")).to_have_text("Uncertain: confirm by FCT")
+        expect(page.locator("#panel-leaning")).to_have_text(f"{well['leaning']} (not a call)")
+        expect(page.locator("#panel-confidence")).to_have_text(f"{well['confidence']:.3f}")
+        expect(page.locator("#panel-ood")).to_have_text("–")
+    else:
+        expect(page.locator("#panel-call")).to_have_text("No call: out of distribution")
+        expect(page.locator("#panel-leaning")).to_have_text("–")
+        expect(page.locator("#panel-ood")).to_have_text(f"{well['ood_score']:.1f}")
+    _images_loaded(page)
+
+
+def _confirm_list_matches(page, confirm: dict) -> None:
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm-count")).to_have_text(str(confirm["counts"]["to_confirm"]))
+    shown = page.eval_on_selector_all(
+        "#confirm-list [data-confirm-well]",
+        "items => items.map(i => [i.dataset.confirmWell, i.querySelector('.confirm-reason')"
+        ".textContent])",
+    )
+    assert [name for name, _ in shown] == [w["well"] for w in confirm["wells"]]
+    for (_, text), well in zip(shown, confirm["wells"], strict=True):
+        assert text.startswith(well["reason"]), (text, well)
+
+
+def test_uncertain_and_no_call_wells_on_the_page(browser, tmp_path, sqlite_url):
+    from tests.test_call_policy_api import call_repository
+
+    repository = call_repository(tmp_path / "repo")
+    with _live(tmp_path, sqlite_url, model_repository=repository, model_version=2) as live:
+        with session_scope(live.runtime.session_factory) as session:
+            admin = create_key(session, "browser-admin", Role.admin)
+        api = httpx.Client(base_url=live.url, headers={"X-API-Key": live.operator_key}, timeout=30)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.set_default_timeout(TIMEOUT_MS)
+            page_errors: list[str] = []
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(live.url + "/")
+            page.fill("#api-key", live.operator_key)
+
+            # Selective calls at alpha 0.1: wells the model is unsure of are "uncertain".
+            _scan_from_page(page, BARCODE, CALL_WELLS, "0.1")
+            plate = f"/api/v1/plates/{BARCODE}"
+            calls = {w["well"]: w for w in api.get(f"{plate}/wells").json()["wells"]}
+            uncertain = [w for w in calls.values() if w["label"] == "uncertain"]
+            assert uncertain and any(w["label"] in ("high", "low") for w in calls.values())
+            expect(page.locator("#plate-summary")).to_contain_text(
+                f"{len(uncertain)} uncertain · 0 no call · 1 excluded"
+            )
+            expect(page.locator("#plate-policy")).to_contain_text("confidence ≥ 0.950 to call")
+            for name, call in calls.items():
+                cell = page.locator(f'[data-well="{name}"]')
+                if call["label"] == "uncertain":
+                    expect(cell).to_have_attribute(
+                        "aria-label", re.compile(rf"^{name}: uncertain, confirm by FCT")
+                    )
+            _well_shows(page, uncertain[0])
+            _confirm_list_matches(page, api.get(f"{plate}/confirm").json())
+            # A well picked from the list is shown in the panel.
+            page.click(f'#confirm-list [data-confirm-well="{uncertain[-1]["well"]}"] button')
+            expect(page.locator("#panel-title")).to_have_text(f"Well {uncertain[-1]['well']}")
+            expect(page.locator("#panel-reason")).to_have_text(uncertain[-1]["call_reason"])
+
+            # A model whose guard every field fails: "no call".
+            activated = api.post(
+                "/api/v1/models/hscnn-sim/3/activate", headers={"X-API-Key": admin}
+            )
+            assert activated.status_code == 200, activated.text
+            _scan_from_page(page, OOD_BARCODE, ["A1", "B2"], "")
+            plate = f"/api/v1/plates/{OOD_BARCODE}"
+            calls = {w["well"]: w for w in api.get(f"{plate}/wells").json()["wells"]}
+            assert [w["label"] for w in calls.values()] == ["no call", "no call"]
+            expect(page.locator("#plate-summary")).to_contain_text("0 uncertain · 2 no call")
+            expect(page.locator("#plate-policy")).to_contain_text("out of distribution above")
+            _well_shows(page, calls["B2"])
+            _confirm_list_matches(page, api.get(f"{plate}/confirm").json())
+            assert page_errors == [], page_errors
+        finally:
+            page.close()
+            api.close()

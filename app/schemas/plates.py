@@ -29,6 +29,12 @@ class ImagePublic(BaseModel):
         description="What autofocus did at this field (method, ok, z_um, steps, score, "
         "seconds, predicted_z_um, error); null: no autofocus ran",
     )
+    ood_score: float | None = Field(
+        None,
+        description="Out-of-distribution score of the field (Mahalanobis distance from the "
+        "model's training fields; above the scan's decision_policy.ood_threshold the field is "
+        "not used); null: QC excluded the field, or the model has no guard",
+    )
 
     @classmethod
     def of(cls, image: Image) -> ImagePublic:
@@ -40,7 +46,13 @@ class ImagePublic(BaseModel):
             dtype=image.dtype,
             z_um=image.z_um,
             autofocus=image.autofocus,
+            ood_score=image.ood_score,
         )
+
+
+CallLabel = Literal["high", "low", "uncertain", "no call"]
+"""A well's call (models.decision.LABELS): high or low, uncertain (the model cannot call it at
+the scan's alpha: confirm by FCT) or no call (every field out of distribution)."""
 
 
 class WellResultPublic(BaseModel):
@@ -48,8 +60,39 @@ class WellResultPublic(BaseModel):
     row: int
     column: int
     status: WellStatus
-    label: Literal["high", "low"] | None
-    probability: float | None = Field(description="P(high functionality), mean over fields")
+    label: CallLabel | None = Field(
+        description="high | low: the call; uncertain: confirm by FCT (not called at the scan's "
+        "alpha); no call: every field unlike the training data; null: no field passed QC "
+        "(status excluded) or the acquisition failed"
+    )
+    probability: float | None = Field(
+        description="Calibrated P(high functionality), mean over the fields used"
+    )
+    leaning: Literal["high", "low"] | None = Field(
+        None,
+        description="high or low at the scan's decision threshold, also for an uncertain well "
+        "(what it would have been called); null: no call, no field passed QC, or a result "
+        "from before calls a lab can act on",
+    )
+    call_reason: str | None = Field(
+        None,
+        description="Why the well is uncertain or has no call, or notes on a call (fields "
+        "left out as out of distribution); null: nothing to say",
+    )
+    confidence: float | None = Field(
+        None,
+        description="max(P, 1 - P) minus the fields' spread: what the selective threshold "
+        "(decision_policy.selective.threshold) is compared with",
+    )
+    field_spread: float | None = Field(
+        None,
+        description="Standard deviation of the used fields' P(high) (0 for one field)",
+    )
+    ood_score: float | None = Field(
+        None,
+        description="Lowest out-of-distribution score of the well's fields; null: the model "
+        "has no guard or no field passed QC",
+    )
     qc_flags: list[str]
     fields_used: int
     confluence_pct: float | None
@@ -76,8 +119,13 @@ class WellResultPublic(BaseModel):
             row=result.well.row,
             column=result.well.column,
             status=result.status,
-            label=result.label,  # type: ignore[arg-type]  # stored as "high" | "low" | None
+            label=result.label,  # type: ignore[arg-type]  # stored as one of CallLabel | None
             probability=result.probability,
+            leaning=result.leaning,  # type: ignore[arg-type]  # stored as "high" | "low" | None
+            call_reason=result.call_reason,
+            confidence=result.confidence,
+            field_spread=result.field_spread,
+            ood_score=result.ood_score,
             qc_flags=list(result.qc_flags),
             fields_used=result.fields_used,
             confluence_pct=result.confluence_pct,
@@ -96,6 +144,48 @@ class PlateWellsPublic(BaseModel):
     plate_barcode: str
     scan: ScanPublic
     wells: list[WellResultPublic]
+
+
+class ConfirmWellPublic(BaseModel):
+    """A well the model did not call: the lab confirms it by flow cytometry (or re-images it)."""
+
+    well: str
+    label: CallLabel | None = Field(
+        description="uncertain, no call, or null (no field passed QC, or the acquisition failed)"
+    )
+    status: WellStatus
+    reason: str = Field(description="Why it needs confirming, in words")
+    probability: float | None = Field(description="Calibrated P(high), for information")
+    leaning: Literal["high", "low"] | None = Field(
+        description="What it would have been called at the decision threshold (uncertain wells)"
+    )
+    confidence: float | None
+    ood_score: float | None
+
+
+class ConfirmCounts(BaseModel):
+    total: int = Field(description="Wells with a result in the scan")
+    called: int = Field(description="Wells called high or low")
+    high: int
+    low: int
+    uncertain: int = Field(description="Not called at the scan's alpha: confirm by FCT")
+    no_call: int = Field(description="Every field out of distribution")
+    excluded: int = Field(description="No field passed QC (status excluded)")
+    failed: int = Field(description="The acquisition failed")
+    to_confirm: int = Field(description="Wells listed: uncertain + no call + excluded + failed")
+
+
+class ConfirmListPublic(BaseModel):
+    """The wells of one scan to send to FCT, with the counts a lab plans the run from."""
+
+    plate_barcode: str
+    scan_id: int
+    scan_status: ScanStatus
+    decision_policy: dict[str, Any] | None = Field(
+        description="The scan's call policy (ScanPublic.decision_policy)"
+    )
+    counts: ConfirmCounts
+    wells: list[ConfirmWellPublic] = Field(description="In plate order")
 
 
 class LatestScanRef(BaseModel):

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.schemas.common import BARCODE_PATTERN, MAX_ID, MAX_WELLS, WELL_PATTERN
 from hardware.plans import parse_plan
 from hardware.plate import plate_geometry
+from models.decision import ThresholdPolicy
 from store.orm import Scan, ScanStatus
 
 
@@ -35,6 +36,39 @@ class ScanCreate(BaseModel):
             "fields_per_well; the plate is then of the plan's type."
         ),
     )
+
+    threshold_policy: str | None = Field(
+        default=None,
+        max_length=64,
+        description="How the decision threshold is chosen: default (the model's own), youden, "
+        "sensitivity:S or specificity:S (e.g. sensitivity:0.95). All but default need a model "
+        "with a decision set (409 otherwise). Unset: the service's MSCREEN_THRESHOLD_POLICY.",
+        examples=["youden"],
+    )
+    alpha: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Selective calls: the error rate allowed among called wells; wells the "
+        "model cannot call at that rate are 'uncertain' (confirm by FCT). Needs a model with "
+        "a decision set (409 otherwise). Unset: the service's MSCREEN_SELECTIVE_ALPHA (unset "
+        "there too: off, every in-distribution well is called high or low).",
+        examples=[0.05],
+    )
+    delta: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Risk that the alpha guarantee fails (the bound holds with probability "
+        ">= 1 - delta). Unset: the service's MSCREEN_SELECTIVE_DELTA (0.1).",
+    )
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _valid_threshold_policy(cls, value: str | None) -> str | None:
+        """Spelled one way (``YOUDEN`` and ``youden`` are one request); ValueError (a 422)
+        naming the accepted forms."""
+        return None if value is None else str(ThresholdPolicy.parse(value))
 
     @field_validator("plate_plan")
     @classmethod
@@ -83,6 +117,14 @@ class ScanPublic(BaseModel):
         "seconds; null when the microscope reported none"
     )
     model: ModelRef | None
+    decision_policy: dict[str, Any] | None = Field(
+        None,
+        description="How the scan's wells are called. Until the scan starts: what was asked "
+        "({threshold_policy, alpha, delta}, the service's defaults filled in); once started, "
+        "resolved against its model: {requested, threshold, threshold_policy, alpha, delta, "
+        "selective, ood_threshold, calibration} (models.decision.CallPolicy). Null: a scan "
+        "from before calls a lab can act on (the model's default threshold).",
+    )
     error: str | None
     requested_at: datetime
     started_at: datetime | None
@@ -107,6 +149,7 @@ class ScanPublic(BaseModel):
             progress=scan.wells_done / scan.wells_total if scan.wells_total else 1.0,
             instrument_s=scan.instrument_s,
             model=ModelRef(name=model.name, version=model.version) if model else None,
+            decision_policy=scan.decision_policy,
             error=scan.error,
             requested_at=scan.requested_at,
             started_at=scan.started_at,

@@ -20,10 +20,20 @@ from app.schemas.common import (
     ScanIdQuery,
     WellPath,
 )
-from app.schemas.plates import PlatePage, PlateWellsPublic, WellResultPublic
+from app.schemas.plates import (
+    CallLabel,
+    ConfirmListPublic,
+    PlatePage,
+    PlateWellsPublic,
+    WellResultPublic,
+)
 from app.schemas.scans import LimitQuery, OffsetQuery
 
 router = APIRouter(prefix="/plates", tags=["plates"])
+
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
+}
 
 
 @router.get("", response_model=PlatePage)
@@ -42,21 +52,24 @@ def list_plates(
     return wells.list_plates(session, limit=limit, offset=offset, barcode_prefix=barcode_prefix)
 
 
-@router.get(
-    "/{barcode}/wells",
-    response_model=PlateWellsPublic,
-    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
-)
+@router.get("/{barcode}/wells", response_model=PlateWellsPublic, responses=CSV_RESPONSE)
 def plate_wells(
     barcode: BarcodePath,
     session: SessionDep,
     _: Viewer,
     scan_id: ScanIdQuery = None,
-    label: Annotated[Literal["high", "low"] | None, Query(description="Only this call.")] = None,
+    label: Annotated[
+        CallLabel | None,
+        Query(
+            description="Only this call: high, low, uncertain or no call (a space: "
+            "?label=no%20call or ?label=no+call)."
+        ),
+    ] = None,
     qc_flag: Annotated[QcFlag | None, Query(description="Only wells with this QC flag.")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="csv: a download.")] = "json",
 ) -> Any:
-    """Per-well call, probability and QC flags of the latest (or a given) scan."""
+    """Per-well call (high, low, uncertain, no call), probability, why and QC flags of the
+    latest (or a given) scan."""
     found = wells.plate_wells(session, barcode, scan_id=scan_id, label=label, qc_flag=qc_flag)
     if format == "csv":
         filename = f"{found.plate.barcode}-scan{found.scan.id}.csv"
@@ -66,6 +79,29 @@ def plate_wells(
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
     return found.public()
+
+
+@router.get("/{barcode}/confirm", response_model=ConfirmListPublic, responses=CSV_RESPONSE)
+def confirm_list(
+    barcode: BarcodePath,
+    session: SessionDep,
+    _: Viewer,
+    scan_id: ScanIdQuery = None,
+    format: Annotated[Literal["json", "csv"], Query(description="csv: a download.")] = "json",
+) -> Any:
+    """The wells to confirm by flow cytometry in the latest (or a given) scan: uncertain (not
+    called at the scan's alpha), no call (out of distribution), and those without a call
+    because QC excluded every field or the acquisition failed; each with why, P(high) and
+    its leaning. With the counts (total, called, uncertain, no call, ...) of the whole scan."""
+    found = wells.confirm_list(session, barcode, scan_id=scan_id)
+    if format == "csv":
+        filename = f"{found.plate.barcode}-scan{found.scan.id}-confirm.csv"
+        return Response(
+            wells.confirm_csv(found.public.wells),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+    return found.public
 
 
 @router.get("/{barcode}/wells/{well}", response_model=WellResultPublic)

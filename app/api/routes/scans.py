@@ -41,14 +41,21 @@ def start_scan(
     idempotency_key: IdempotencyKey = None,
 ) -> ScanPublic:
     """Queue a scan of a plate. The worker runs it; follow it at the returned Location.
-    Refused (503, with the reason) while no model can serve: the scan would only wait."""
-    runtime.require_model()
+    Refused (503, with the reason) while no model can serve: the scan would only wait.
+
+    The call policy (``threshold_policy``, ``alpha``, ``delta``; the service's settings where
+    unset) is checked against the serving model now: a policy that needs a decision set the
+    model lacks is a 409, one the model's decision set cannot serve a 422, each naming why.
+    The scan records it (``decision_policy``) and is called under it on the model it runs on."""
+    classifier = runtime.require_model()
     scan = scans.start_scan(
         session,
         body,
         microscope=runtime.microscope_name,
         requested_by=caller.name,
         idempotency_key=idempotency_key,
+        policy_defaults=scans.PolicyDefaults.of(runtime.settings),
+        classifier=classifier,
     )
     response.headers["Location"] = f"/api/v1/scans/{scan.id}"
     return ScanPublic.of(scan)

@@ -3,7 +3,7 @@
 
 import { ApiError, getJson, plateUrl } from "./api.js";
 import { $, svg } from "./dom.js";
-import { DEFAULT_COLUMNS, DEFAULT_ROWS, buildPlate } from "./platemap.js";
+import { DEFAULT_COLUMNS, DEFAULT_ROWS, buildPlate, isCall } from "./platemap.js";
 import { state } from "./state.js";
 import { showPanel } from "./wellpanel.js";
 
@@ -71,7 +71,7 @@ export function renderAgreement() {
     let verdict = "none";
     let text = "no FCT";
     cell.textContent = "";
-    if (fct && result && result.label) {
+    if (fct && result && isCall(result.label)) { // uncertain / no call: not a call
       verdict = fct.label === result.label ? "agree" : "disagree";
       cell.textContent = verdict === "agree" ? "✓" : "✗";
       text = `model ${result.label}, FCT ${fct.label}: ${verdict === "agree" ? "agrees" : "disagrees"}`;
@@ -79,7 +79,8 @@ export function renderAgreement() {
       else disagree += 1;
     } else if (fct) {
       verdict = "nocall";
-      text = `FCT ${fct.label}, no model call`;
+      text = `FCT ${fct.label}, no model call` +
+        (result && result.label ? ` (${result.label})` : "");
       noCall += 1;
     }
     cell.dataset.agreement = verdict;

@@ -4,6 +4,7 @@
 // small ReadableStream parser.
 
 import { API, api } from "./api.js";
+import { renderConfirm } from "./confirm.js";
 import { loadGroundTruth } from "./evaluation.js";
 import { renderSummary, renderTitle, renderWell } from "./platemap.js";
 import { state } from "./state.js";
@@ -82,11 +83,13 @@ export async function followScan(scanId) {
           state.wells.set(body.well, body);
           renderWell(body.well);
           renderSummary();
+          renderConfirm();
           if (body.well === state.selected) showPanel(body.well);
         } else if (event === "progress") {
           state.scan = body;
           renderProgress();
           renderTitle();
+          renderSummary(); // with the call policy line: resolved once the scan starts
         } else if (event === "end") {
           ended = true;
           const ok = body.status === "completed";

@@ -5,11 +5,13 @@
 //   events.js     a scan's server-sent events, read over fetch()
 //   platemap.js   the plate's grid       wellpanel.js   the well detail panel
 //   evaluation.js agreement with FCT, metrics table, ROC curve
+//   confirm.js    the wells to confirm by FCT (uncertain, no call, QC excluded)
 //   status.js     status line, progress  state.js       what the page shows
 //
 // Module scripts are deferred, so the document is parsed by the time this runs.
 
 import { API, getJson, plateUrl } from "./api.js";
+import { initConfirm, renderConfirm } from "./confirm.js";
 import { $ } from "./dom.js";
 import {
   ensureAgreementGrid, initAgreement, loadGroundTruth, renderAgreement,
@@ -52,6 +54,7 @@ function resetPlate(barcode, scan, wells) {
   // The plate's own grid (rows x columns from the API); a rebuilt grid is rendered already.
   ensureAgreementGrid(scan);
   if (!ensurePlateGrid(scan)) renderPlate();
+  renderConfirm();
   renderProgress();
   renderAgreement();
   if (keep && state.wells.has(keep)) selectWell(keep);
@@ -86,9 +89,24 @@ function wellsInput() {
   return text.split(/[\s,;]+/).filter(Boolean).map((w) => w.toUpperCase());
 }
 
+/** The call policy fields of a scan request: only those filled in (the service's otherwise). */
+function policyInput(body) {
+  const policy = $("threshold-policy").value.trim();
+  if (policy) body.threshold_policy = policy;
+  const alpha = $("alpha").value.trim();
+  if (alpha) {
+    const value = Number(alpha);
+    // Sent as typed when not a number: the service's 422 then names the field.
+    body.alpha = Number.isFinite(value) ? value : alpha;
+  }
+  return body;
+}
+
 async function startScan() {
   const barcode = barcodeInput();
-  const body = { plate_barcode: barcode, objective: $("objective").value, wells: wellsInput() };
+  const body = policyInput({
+    plate_barcode: barcode, objective: $("objective").value, wells: wellsInput(),
+  });
   setStatus(`Queuing a scan of ${barcode}…`);
   const scan = await getJson(`${API}/scans`, { method: "POST", body });
   stopStream();
@@ -115,6 +133,7 @@ function init() {
 
   initPlateMap(selectWell);
   initAgreement(selectWell);
+  initConfirm(selectWell);
 
   $("load").addEventListener("click", guarded(loadPlate));
   $("start-scan").addEventListener("click", guarded(startScan));

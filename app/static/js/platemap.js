@@ -1,5 +1,6 @@
 // The plate's grid (rows x columns from the API: 8 x 12 for a 96-well plate, 16 x 24 for a
-// 384-well one): building it, and colouring each well by its call and QC.
+// 384-well one): building it, and colouring each well by its call and QC; uncertain and
+// no-call wells are hatched and marked (? and ∅).
 
 import { $ } from "./dom.js";
 import { state } from "./state.js";
@@ -31,7 +32,16 @@ const QC_NAMES = {
   underexposed: "underexposed",
   out_of_focus: "out of focus",
   focus_failed: "autofocus failed",
+  out_of_distribution: "some fields out of distribution",
 };
+
+// Wells the model did not call (models.decision): the glyph shown in the well. A call-state
+// glyph wins over a QC symbol: it is what the lab acts on (QC still shows as the border).
+export const UNCERTAIN = "uncertain";
+export const NO_CALL = "no call";
+const CALL_SYMBOLS = { [UNCERTAIN]: "?", [NO_CALL]: "∅" };
+/** High or low: a call the lab can act on (uncertain and no call are not calls). */
+export const isCall = (label) => label === "high" || label === "low";
 
 const wellButtons = new Map(); // well name -> its button in the main map
 
@@ -122,6 +132,7 @@ function callColour(label, probability) {
 }
 
 function qcSymbol(result) {
+  if (CALL_SYMBOLS[result.label]) return CALL_SYMBOLS[result.label];
   for (const flag of result.qc_flags) if (QC_SYMBOLS[flag]) return QC_SYMBOLS[flag];
   if (result.status === "failed") return QC_SYMBOLS.acquisition_failed;
   if (result.status === "excluded" || result.qc_flags.length) return "⊘";
@@ -131,6 +142,11 @@ function qcSymbol(result) {
 function describe(result) {
   if (!result) return "not scanned";
   const qc = result.qc_flags.length ? `; QC: ${qcText(result.qc_flags)}` : "";
+  if (result.label === UNCERTAIN) {
+    const lean = result.leaning ? `, leaning ${result.leaning}` : "";
+    return `uncertain, confirm by FCT${lean}, P(high) ${fmtP(result.probability)}${qc}`;
+  }
+  if (result.label === NO_CALL) return `no call, out of distribution${qc}`;
   if (result.label) return `${result.label}, P(high) ${fmtP(result.probability)}${qc}`;
   return `${result.status === "failed" ? "acquisition failed" : "excluded"}, no call${qc}`;
 }
@@ -148,11 +164,13 @@ export function renderWell(name) {
     cell.dataset.state = "empty";
   } else {
     cell.dataset.state = result.status;
-    if (result.label && result.probability !== null) {
+    if (isCall(result.label) && result.probability !== null) {
       const { fill, ink } = callColour(result.label, result.probability);
       cell.dataset.label = result.label;
       cell.style.setProperty("--fill", fill);
       cell.style.setProperty("--ink", ink);
+    } else if (result.label) {
+      cell.dataset.label = result.label; // uncertain / no call: hatched (style.css)
     }
     if (result.status !== "ok" || result.qc_flags.length) cell.classList.add("qc");
     cell.textContent = qcSymbol(result);
@@ -190,15 +208,47 @@ export function renderSummary() {
     $("plate-summary").textContent = "";
     return;
   }
-  let high = 0;
-  let low = 0;
-  let noCall = 0;
+  const counts = { high: 0, low: 0, [UNCERTAIN]: 0, [NO_CALL]: 0, excluded: 0 };
   for (const result of state.wells.values()) {
-    if (result.label === "high") high += 1;
-    else if (result.label === "low") low += 1;
-    else noCall += 1;
+    if (result.label) counts[result.label] += 1;
+    else counts.excluded += 1; // no field passed QC, or the acquisition failed
   }
   const total = state.scan ? state.scan.wells_total : 96;
   $("plate-summary").textContent =
-    `${high} high · ${low} low · ${noCall} no call · ${total - state.wells.size} not yet scanned`;
+    `${counts.high} high · ${counts.low} low · ${counts[UNCERTAIN]} uncertain · ` +
+    `${counts[NO_CALL]} no call · ${counts.excluded} excluded · ` +
+    `${total - state.wells.size} not yet scanned`;
+  renderPolicy();
+}
+
+const fmtRate = (v) => (v === null || v === undefined ? null : String(v));
+
+/** The scan's call policy in a line: threshold, selective calls, OOD guard. */
+export function renderPolicy() {
+  const el = $("plate-policy");
+  const policy = state.scan ? state.scan.decision_policy : null;
+  if (!policy) {
+    el.textContent = state.scan ? "Calls: the model's default threshold." : "";
+    return;
+  }
+  if (policy.threshold === undefined) { // asked for, not yet resolved (the scan is queued)
+    const alpha = fmtRate(policy.alpha);
+    el.textContent = `Calls: threshold policy ${policy.threshold_policy}` +
+      (alpha ? `, selective at alpha ${alpha} (delta ${policy.delta})` : ", no selective calls") +
+      "; resolved when the scan starts.";
+    return;
+  }
+  const parts = [`threshold ${Number(policy.threshold).toFixed(3)} (${policy.threshold_policy})`];
+  if (policy.selective && policy.selective.threshold > 1) {
+    parts.push(`no confidence certifies error ≤ ${policy.alpha}: every well uncertain`);
+  } else if (policy.selective) {
+    parts.push(`confidence ≥ ${Number(policy.selective.threshold).toFixed(3)} to call ` +
+      `(error ≤ ${policy.alpha}, delta ${policy.delta})`);
+  } else {
+    parts.push("no selective calls");
+  }
+  parts.push(policy.ood_threshold === null || policy.ood_threshold === undefined
+    ? "no out-of-distribution guard"
+    : `out of distribution above ${Number(policy.ood_threshold).toFixed(1)}`);
+  el.textContent = `Calls: ${parts.join(" · ")}.`;
 }

@@ -4,7 +4,7 @@
 
 import { ApiError, api, plateUrl } from "./api.js";
 import { $ } from "./dom.js";
-import { fmtP, qcText } from "./platemap.js";
+import { NO_CALL, UNCERTAIN, fmtP, isCall, qcText } from "./platemap.js";
 import { state } from "./state.js";
 
 function releaseObjectUrls() {
@@ -48,11 +48,9 @@ export function showPanel(name) {
   }
   const badge = $("panel-call");
   badge.dataset.label = result.label || "none";
-  badge.textContent = result.label
-    ? `${result.label === "high" ? "High" : "Low"} functionality`
-    : `No call (${result.status})`;
   $("panel-probability").textContent = fmtP(result.probability);
   $("panel-label").textContent = result.label || `none (${result.status})`;
+  renderCall(result, badge);
   $("panel-confluence").textContent =
     result.confluence_pct === null ? "–" : `${result.confluence_pct.toFixed(1)} %`;
   $("panel-qc").textContent = qcText(result.qc_flags) + (result.error ? ` (${result.error})` : "");
@@ -63,7 +61,7 @@ export function showPanel(name) {
   const fct = state.fct.get(name);
   $("panel-fct").textContent = fct
     ? `${fct.label} (CD73 ${fct.cd73_pct.toFixed(1)} %, CD90 ${fct.cd90_pct.toFixed(1)} %)` +
-      (result.label ? (fct.label === result.label ? " · agrees" : " · disagrees") : "")
+      (isCall(result.label) ? (fct.label === result.label ? " · agrees" : " · disagrees") : "")
     : "not uploaded";
 
   const fields = Math.max(1, perWell);
@@ -84,6 +82,29 @@ export function showPanel(name) {
     "Field image");
   loadImage("overlay", name, state.field, token, $("panel-overlay"), $("panel-overlay-caption"),
     "Model overlay (green high, red low)");
+}
+
+const fmtNumber = (v, digits) => (v === null || v === undefined ? "–" : v.toFixed(digits));
+
+/** The call badge and what stands behind the call: leaning, confidence, why, OOD score. */
+function renderCall(result, badge) {
+  if (result.label === UNCERTAIN) {
+    badge.textContent = "Uncertain: confirm by FCT";
+  } else if (result.label === NO_CALL) {
+    badge.textContent = "No call: out of distribution";
+  } else if (result.label) {
+    badge.textContent = `${result.label === "high" ? "High" : "Low"} functionality`;
+  } else {
+    badge.textContent = `No call (${result.status})`;
+  }
+  $("panel-leaning").textContent = result.leaning
+    ? result.leaning + (isCall(result.label) ? "" : " (not a call)")
+    : "–";
+  const spread = result.field_spread ? ` (fields' spread ${result.field_spread.toFixed(3)})` : "";
+  $("panel-confidence").textContent = fmtNumber(result.confidence, 3) +
+    (result.confidence === null || result.confidence === undefined ? "" : spread);
+  $("panel-reason").textContent = result.call_reason || "–";
+  $("panel-ood").textContent = fmtNumber(result.ood_score, 1);
 }
 
 export function clearPanel() {
