@@ -7,6 +7,19 @@ manual calls, in order) plus the threshold and resample count: any new scan resu
 manual call upload changes the key, so a cached answer is never stale, and there is no
 invalidation to forget (this also holds with several service processes). Reading those inputs
 is a few small queries; only the bootstrap is skipped.
+
+Since issue 15 a well's label may be "uncertain" (confirm by FCT) or "no call" (out of
+distribution) besides high/low, and a scan records the policy it called under. The report then
+has, beside the model's metrics over everything it called (at the scan's recorded decision
+threshold; "no call" wells left out, counted in ``wells_no_call``):
+
+* ``calibration``: the ECE and reliability table of P(high) over those wells, so a lab can see
+  whether "P(high) = 0.9" means nine in ten;
+* ``selective``: what the labels a lab acts on achieved: how many wells were called, how many
+  went to FCT, and the error among the called ones (the figure ``alpha`` promises to bound).
+
+Scans from before issue 15 (no policy, labels high/low) report as before, plus these blocks
+(every labelled well called: coverage 1).
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidRequestError, NotFoundError
 from app.schemas.common import BARCODE_PATTERN
 from app.wells import plate_or_error, scan_or_error
+from models.calibration import expected_calibration_error, reliability_table
+from models.decision import HIGH, LOW, NO_CALL, UNCERTAIN
 from models.metrics import (
     delong,
     evaluate,
@@ -34,6 +49,7 @@ from models.metrics import (
     mcnemar,
     predictive_values_at_prevalence,
 )
+from models.selective import clopper_pearson_upper
 from store import queries
 from store.orm import (
     FctMeasurement,
@@ -53,6 +69,9 @@ class NothingToEvaluateError(NotFoundError):
 
 MAX_RESAMPLES = 5000  # bootstrap resamples a request may ask for (~5 s of CPU per plate)
 MAX_POOLED_PLATES = 200  # barcodes one pooled evaluation may name
+DEFAULT_THRESHOLD = 0.5  # the decision threshold of scans that recorded none (before issue 15)
+CALIBRATION_BINS = 15  # equal-width bins of P(high) for the ECE and the reliability table
+ERROR_BOUND_DELTA = 0.05  # the selective block's error upper bound is one-sided 95 %
 
 
 def parse_barcodes(text: str | None) -> list[str] | None:
@@ -123,9 +142,9 @@ def _cached_report(
     records: Sequence[_WellRecord], *, threshold: float, resamples: int
 ) -> dict[str, Any]:
     """:func:`_report`, from the cache when the same inputs were evaluated before."""
-    digest = hashlib.sha256(repr((threshold, resamples)).encode())
+    digest = hashlib.sha256(repr((threshold, resamples, CALIBRATION_BINS)).encode())
     for r in records:
-        inputs = (r.plate, r.well, r.fct, r.probability, sorted(r.manual.items()))
+        inputs = (r.plate, r.well, r.fct, r.probability, r.label, sorted(r.manual.items()))
         digest.update(repr(inputs).encode())
     return _reports.get(
         digest.hexdigest(),
@@ -140,6 +159,12 @@ class _WellRecord:
     fct: int  # 1 = high
     probability: float | None = None
     manual: dict[str, int] = field(default_factory=dict)  # operator -> 1/0
+    label: str | None = None  # the scan's label: high / low / uncertain / no call (None: none)
+
+    @property
+    def model_called(self) -> bool:
+        """In the "everything called" metrics: has a probability and is in distribution."""
+        return self.probability is not None and self.label != NO_CALL
 
 
 def _latest_completed_scan(session: Session, plate: Plate) -> Scan | None:
@@ -166,13 +191,14 @@ def _collect(
         for well_id, name, label in rows
     }
     if scan is not None:
-        for well_id, probability in session.execute(
-            select(WellResult.well_id, WellResult.probability).where(
+        for well_id, probability, label in session.execute(
+            select(WellResult.well_id, WellResult.probability, WellResult.label).where(
                 WellResult.scan_id == scan.id, WellResult.status == WellStatus.ok
             )
         ):
             if well_id in records:
                 records[well_id].probability = probability
+                records[well_id].label = label
     seconds: dict[str, float] = {}
     manual_calls = select(ManualCall).where(ManualCall.well_id.in_(list(records)))
     for call in session.scalars(manual_calls.order_by(ManualCall.id)):
@@ -181,13 +207,108 @@ def _collect(
     return list(records.values()), seconds
 
 
+def scan_threshold(scan: Scan | None) -> float:
+    """The decision threshold ``scan`` called under (its recorded policy), else the default."""
+    policy = scan.decision_policy if scan is not None else None
+    value = policy.get("threshold") if isinstance(policy, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        return DEFAULT_THRESHOLD
+    return float(value)
+
+
+def policy_summary(policy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parts of a scan's ``decision_policy`` a reader of its evaluation needs (None: the
+    scan predates recorded policies); the selective threshold without its provenance."""
+    if not isinstance(policy, dict):
+        return None
+    selective = policy.get("selective")
+    selective = selective if isinstance(selective, dict) else {}
+    return {
+        "threshold": policy.get("threshold"),
+        "threshold_policy": policy.get("threshold_policy"),
+        "alpha": policy.get("alpha"),
+        "delta": policy.get("delta"),
+        "selective_threshold": selective.get("threshold"),
+        "selective_calibration_fields": selective.get("n_calibration"),
+        "ood_threshold": policy.get("ood_threshold"),
+        "calibration": policy.get("calibration"),
+    }
+
+
+def _calibration(called: Sequence[_WellRecord]) -> dict[str, Any]:
+    """ECE and reliability table of P(high) vs FCT over ``called`` (non-empty)."""
+    y = np.array([r.fct for r in called])
+    p = np.array([r.probability for r in called], dtype=float)
+    table = reliability_table(p, y, CALIBRATION_BINS)
+    return {
+        "wells": len(called),
+        "bins": CALIBRATION_BINS,
+        "ece": expected_calibration_error(p, y, CALIBRATION_BINS),
+        "reliability": [b.to_dict() for b in table],
+    }
+
+
+def _selective(records: Sequence[_WellRecord]) -> dict[str, Any] | None:
+    """What the labels a lab acts on achieved (None: no well of ``records`` got a label).
+
+    Denominator of ``coverage`` and ``sent_to_fct``: wells with FCT that got a label (wells no
+    field of which passed QC have none), so the two add up to 1.
+    """
+    labelled = [r for r in records if r.label is not None]
+    if not labelled:
+        return None
+    decided = [r for r in labelled if r.label in (HIGH, LOW)]
+    uncertain = sum(r.label == UNCERTAIN for r in labelled)
+    no_call = sum(r.label == NO_CALL for r in labelled)
+    y = np.array([r.fct for r in decided], dtype=np.int64)
+    pred = np.array([int(r.label == HIGH) for r in decided], dtype=np.int64)
+    errors = int(np.sum(y != pred))
+    bound = clopper_pearson_upper(np.array([errors]), np.array([len(decided)]), ERROR_BOUND_DELTA)
+    block: dict[str, Any] = {
+        "wells_labelled": len(labelled),
+        "wells_called": len(decided),
+        "uncertain": uncertain,
+        "no_call": no_call,
+        "coverage": len(decided) / len(labelled),
+        "errors": errors,
+        "error_among_called": errors / len(decided) if decided else None,
+        "error_upper_95": float(bound[0]) if decided else None,
+        "sent_to_fct": (uncertain + no_call) / len(labelled),
+    }
+    if decided:
+        tp = int(np.sum((y == 1) & (pred == 1)))
+        tn = int(np.sum((y == 0) & (pred == 0)))
+        fp = int(np.sum((y == 0) & (pred == 1)))
+        fn = int(np.sum((y == 1) & (pred == 0)))
+        block["metrics"] = {
+            "tp": tp,
+            "tn": tn,
+            "fp": fp,
+            "fn": fn,
+            "accuracy": (tp + tn) / len(decided),
+            "sensitivity": tp / (tp + fn) if tp + fn else None,
+            "specificity": tn / (tn + fp) if tn + fp else None,
+            "ppv": tp / (tp + fp) if tp + fp else None,
+            "npv": tn / (tn + fn) if tn + fn else None,
+        }
+    return block
+
+
 def _report(records: Sequence[_WellRecord], *, threshold: float, resamples: int) -> dict[str, Any]:
-    called = [r for r in records if r.probability is not None]
-    report: dict[str, Any] = {"wells_with_fct": len(records), "wells_called": len(called)}
+    called = [r for r in records if r.model_called]
+    report: dict[str, Any] = {
+        "wells_with_fct": len(records),
+        "wells_called": len(called),
+        "wells_no_call": sum(r.label == NO_CALL for r in records),
+    }
     if called:
         y = np.array([r.fct for r in called])
         p = np.array([r.probability for r in called], dtype=float)
         report["model"] = evaluate(y, p, threshold=threshold, resamples=resamples)
+        report["calibration"] = _calibration(called)
+    selective = _selective(records)
+    if selective is not None:
+        report["selective"] = selective
     operators = sorted({op for r in records for op in r.manual})
     report["manual"] = {}
     report["model_vs_manual"] = {}
@@ -196,7 +317,7 @@ def _report(records: Sequence[_WellRecord], *, threshold: float, resamples: int)
         y_m = np.array([r.fct for r in judged])
         calls = np.array([r.manual[operator] for r in judged], dtype=float)
         report["manual"][operator] = evaluate(y_m, calls, threshold=0.5, resamples=resamples)
-        both = [r for r in judged if r.probability is not None]
+        both = [r for r in judged if r.model_called]
         if len(both) >= 2:
             y_b = np.array([r.fct for r in both])
             prob = np.array([r.probability for r in both], dtype=float)
@@ -224,13 +345,16 @@ def _report(records: Sequence[_WellRecord], *, threshold: float, resamples: int)
 
 
 def _at_prevalence(report: dict[str, Any], prevalence: float | None) -> dict[str, Any]:
-    """Add PPV and NPV at ``prevalence`` (share of "high" wells) to each evaluated classifier:
-    the plate's own PPV/NPV hold only at the plate's own share of high wells."""
+    """Add PPV and NPV at ``prevalence`` (share of "high" wells) to each evaluated classifier
+    (the model, its selective calls when it called any, each operator): the plate's own PPV/NPV
+    hold only at the plate's own share of high wells."""
     if prevalence is None:
         return report
     report = dict(report)
     report["prevalence"] = prevalence
-    judged = [report.get("model"), *(report.get("manual") or {}).values()]
+    selective = report.get("selective")
+    called = selective if isinstance(selective, dict) and selective.get("wells_called") else None
+    judged = [report.get("model"), called, *(report.get("manual") or {}).values()]
     for entry in judged:
         if not isinstance(entry, dict):
             continue
@@ -244,25 +368,50 @@ def _at_prevalence(report: dict[str, Any], prevalence: float | None) -> dict[str
     return report
 
 
+def _with_policy(report: dict[str, Any], policies: dict[str, dict[str, Any] | None]) -> None:
+    """Add what the scans called under (``policies``: barcode -> :func:`policy_summary`) to the
+    selective and calibration blocks, in place; one value where the plates share it, else None."""
+
+    def common(key: str) -> Any:
+        values = {repr(p.get(key) if p else None) for p in policies.values()}
+        if len(values) != 1:
+            return None
+        first = next(iter(policies.values()))
+        return first.get(key) if first else None
+
+    if "selective" in report:
+        report["selective"]["alpha"] = common("alpha")
+        shared = {repr(p) for p in policies.values()}
+        report["selective"]["policy"] = next(iter(policies.values())) if len(shared) == 1 else None
+    if "calibration" in report:
+        report["calibration"]["method"] = common("calibration")
+
+
 def evaluate_plate(
     session: Session,
     plate: Plate,
     *,
     scan: Scan | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     resamples: int = 2000,
     prevalence: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of the plate's latest completed scan (or ``scan``) and manual calls vs FCT;
-    with ``prevalence``, also PPV and NPV where that share of wells is "high"."""
+    with ``prevalence``, also PPV and NPV where that share of wells is "high".
+
+    ``threshold`` (None: the scan's recorded decision threshold, else 0.5) applies to the
+    "everything called" metrics; the selective block uses the stored labels as they are.
+    """
     scan = scan or _latest_completed_scan(session, plate)
     records, manual_seconds = _collect(session, plate, scan)
     if not records:
         raise NothingToEvaluateError(f"plate {plate.barcode!r} has no FCT ground truth yet")
+    threshold = scan_threshold(scan) if threshold is None else threshold
     report = _at_prevalence(
         copy.deepcopy(_cached_report(records, threshold=threshold, resamples=resamples)),
         prevalence,
     )
+    _with_policy(report, {plate.barcode: policy_summary(scan.decision_policy if scan else None)})
     report["plate_barcode"] = plate.barcode
     report["scan_id"] = scan.id if scan else None
     report["time_seconds"] = {
@@ -278,21 +427,37 @@ def evaluate_plates(
     session: Session,
     plates: Sequence[Plate],
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     resamples: int = 2000,
     prevalence: float | None = None,
 ) -> dict[str, Any]:
-    """Pooled over ``plates`` (each with its latest completed scan): wells are the unit."""
+    """Pooled over ``plates`` (each with its latest completed scan): wells are the unit.
+
+    ``threshold`` None: the scans' recorded decision threshold when they all share one, else
+    0.5 (pooled metrics need one threshold); ``decision_thresholds`` lists each plate's.
+    """
     records: list[_WellRecord] = []
+    thresholds: dict[str, float] = {}
+    policies: dict[str, dict[str, Any] | None] = {}
     for plate in plates:
-        plate_records, _ = _collect(session, plate, _latest_completed_scan(session, plate))
+        scan = _latest_completed_scan(session, plate)
+        plate_records, _ = _collect(session, plate, scan)
         records.extend(plate_records)
+        if scan is not None:
+            thresholds[plate.barcode] = scan_threshold(scan)
+            policies[plate.barcode] = policy_summary(scan.decision_policy)
     if not records:
         raise NothingToEvaluateError("none of these plates has FCT ground truth")
+    if threshold is None:
+        shared = set(thresholds.values())
+        threshold = shared.pop() if len(shared) == 1 else DEFAULT_THRESHOLD
     report = _at_prevalence(
         copy.deepcopy(_cached_report(records, threshold=threshold, resamples=resamples)),
         prevalence,
     )
+    _with_policy(report, policies)
+    report["decision_thresholds"] = thresholds
+    report["decision_policies"] = policies
     report["plates"] = [p.barcode for p in plates]
     return dict(json_safe(report))
 

@@ -333,7 +333,8 @@ def plate_eval(
     device: DeviceOption = "cpu",
     out: OutOption = None,
 ) -> None:
-    """Train on simulated plates; seven metrics + 95 % CIs and ROC on held-out plates."""
+    """Train on simulated plates; seven metrics + 95 % CIs, ROC and calibration (ECE of the raw
+    and the validation-fitted calibrated P(high), reliability table) on held-out plates."""
     started = time.perf_counter()
     settings = _simulated(
         model,
@@ -348,7 +349,13 @@ def plate_eval(
         device=device,
     )
     out = out or Path("reports") / "plate-eval"
-    plate_eval_experiment(out, settings)
+    summary = plate_eval_experiment(out, settings)
+    calibration = summary["calibration"]
+    calibrated = calibration["ece_calibrated"]
+    typer.echo(
+        f"ECE ({calibration['bins']} bins): raw {calibration['ece_raw']:.3f}, calibrated "
+        + (f"{calibrated:.3f} ({calibration['method']})" if calibrated is not None else "-")
+    )
     _done("plate-eval", out, started)
 
 

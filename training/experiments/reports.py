@@ -124,12 +124,16 @@ def write_plate_eval_report(
     test_set: ImageSet,
     probability: np.ndarray,
     started: float,
+    calibrated: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """``metrics.csv``, ``plates.csv``, ``wells.csv``, ``roc.png``, ``summary.json`` and
-    ``summary.md`` of a held-out plate evaluation; returns ``summary`` with its ``wall_seconds``.
+    """``metrics.csv``, ``plates.csv``, ``wells.csv``, ``reliability.csv``, ``roc.png``,
+    ``summary.json`` and ``summary.md`` of a held-out plate evaluation; returns ``summary`` with
+    its ``wall_seconds``.
 
     ``summary`` holds the pooled ``report`` (metrics, CIs, ROC), ``per_plate`` rows,
-    ``test_plates`` and the ``morphology_diagnostic``; ``probability`` is P(high) per test well.
+    ``test_plates``, the ``morphology_diagnostic`` and (optional) ``calibration`` (ECE and
+    reliability tables, raw and calibrated); ``probability`` is the raw P(high) per test well,
+    ``calibrated`` the calibrated one (None: no calibration fitted).
     """
     report = summary["report"]
     per_plate = summary["per_plate"]
@@ -156,11 +160,19 @@ def write_plate_eval_report(
                 "fct_label": "high" if label else "low",
                 "p_high": float(p),
                 "call": "high" if p >= 0.5 else "low",
+                **({"p_high_calibrated": float(calibrated[i])} if calibrated is not None else {}),
             }
-            for name, label, p in zip(test_set.names, test_set.labels, probability, strict=True)
+            for i, (name, label, p) in enumerate(
+                zip(test_set.names, test_set.labels, probability, strict=True)
+            )
         ],
         out_dir / "wells.csv",
     )
+    calibration = summary.get("calibration")
+    calibration_text = ""
+    if calibration:
+        write_csv(_reliability_rows(calibration), out_dir / "reliability.csv")
+        calibration_text = _calibration_markdown(calibration)
     roc_plot(
         {"SCNN" if settings.model.name == "scnn" else settings.model.name: report["roc"]},
         out_dir / "roc.png",
@@ -187,11 +199,56 @@ def write_plate_eval_report(
         "against FCT here: the ceiling. Against the rendered class itself the model scores "
         f"AUC {diagnostic['auc_vs_morphology']:.3f}, accuracy "
         f"{diagnostic['accuracy_vs_morphology']:.3f}.\n\n"
+        + calibration_text
         + "Per plate:\n\n"
         + markdown_table(per_plate)
-        + "\nPer well: `wells.csv`; per plate: `plates.csv`; figure: `roc.png`.\n"
+        + "\nPer well: `wells.csv`; per plate: `plates.csv`; figure: `roc.png`"
+        + ("; reliability: `reliability.csv`" if calibration else "")
+        + ".\n"
     )
     return summary
+
+
+def _reliability_rows(calibration: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per P(high) bin: count, mean P(high) and fraction FCT-high, raw and calibrated."""
+    raw = calibration["reliability_raw"]
+    calibrated = calibration.get("reliability_calibrated") or [None] * len(raw)
+    rows = []
+    for before, after in zip(raw, calibrated, strict=True):
+        row = {
+            "bin": f"[{before['lower']:.3f}, {before['upper']:.3f})",
+            "raw count": before["count"],
+            "raw mean p_high": before["mean_confidence"],
+            "raw fraction high": before["observed_frequency"],
+        }
+        if after is not None:
+            row["calibrated count"] = after["count"]
+            row["calibrated mean p_high"] = after["mean_confidence"]
+            row["calibrated fraction high"] = after["observed_frequency"]
+        rows.append(row)
+    return rows
+
+
+def _calibration_markdown(calibration: Mapping[str, Any]) -> str:
+    """The calibration paragraph of ``summary.md``: ECE raw vs calibrated, the non-empty bins."""
+    bins = calibration["bins"]
+    if calibration.get("ece_calibrated") is None:
+        after = "no calibration fitted (the validation wells hold one class only)"
+    else:
+        after = (
+            f"calibrated ({calibration['method']}, fitted on the {calibration['fitted_on']}) "
+            f"{calibration['ece_calibrated']:.3f}"
+        )
+    rows = [
+        row
+        for row in _reliability_rows(calibration)
+        if row["raw count"] or row.get("calibrated count")
+    ]
+    return (
+        f"Calibration of P(high) against FCT ({calibration['wells']} test wells, {bins} "
+        f"equal-width bins): ECE raw {calibration['ece_raw']:.3f}, {after}. The metrics above "
+        "use the raw P(high). Non-empty bins:\n\n" + markdown_table(rows) + "\n"
+    )
 
 
 # -- ws-k-grid ---------------------------------------------------------------------------------

@@ -30,9 +30,15 @@ def pooled_evaluation(
     ] = 2000,
     prevalence: PrevalenceQuery = None,
 ) -> dict[str, Any]:
-    """Model (and manual) vs FCT over the wells of several plates (latest completed scans);
-    with ``prevalence``, PPV and NPV at that share of high wells too. Reports are cached until
-    a scan result, FCT or manual call of those plates changes."""
+    """Model (and manual) vs FCT over the wells of several plates (latest completed scans).
+
+    ``model``: the metrics over every well the model called (at the scans' shared decision
+    threshold, else 0.5; ``decision_thresholds`` per plate), "no call" (out-of-distribution)
+    wells left out and counted in ``wells_no_call``. ``calibration``: ECE and reliability table
+    of P(high) over those wells. ``selective``: the high/low/uncertain/no-call labels a lab acts
+    on: coverage, error among the called wells, share sent to FCT, the policy. With
+    ``prevalence``, PPV and NPV at that share of high wells too. Reports are cached until a scan
+    result, FCT or manual call of those plates changes."""
     return evaluate_barcodes(
         session, parse_barcodes(plates), resamples=resamples, prevalence=prevalence
     )
