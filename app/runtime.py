@@ -179,6 +179,7 @@ def _keep_logging_config() -> Iterator[None]:
 def backend_options(settings: Settings) -> BackendOptions:
     return BackendOptions(
         simulation_seed=settings.simulation_seed,
+        simulation_high_fraction=settings.simulation_high_fraction,
         mm_app_path=settings.mm_app_path,
         mm_config=settings.mm_config,
         mm_port=settings.mm_port,

@@ -61,6 +61,13 @@ class Settings(StoreSettings):
         default=11240.0, description="Stage y of well A1's centre, um (plate calibration)."
     )
     simulation_seed: int = 0
+    simulation_high_fraction: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of high-functionality wells on simulated plates (their prevalence); "
+        "in practice most expanded MSC lots pass, so 0.8-0.95 is realistic.",
+    )
     autofocus: Literal["none", "continuous", "hardware", "software", "map"] = Field(
         default="continuous",
         description="How each field is focused: continuous (the focus drive's reflection lock "

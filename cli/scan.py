@@ -226,7 +226,11 @@ def _scan_remote(
 def _print_truth_comparison(barcode: str, results: list[WellResultPublic]) -> None:
     from hardware.sim import SimulationConfig, plate_truth
 
-    truth = plate_truth(SimulationConfig(seed=get_settings().simulation_seed), barcode)
+    settings = get_settings()
+    config = SimulationConfig(
+        seed=settings.simulation_seed, high_fraction=settings.simulation_high_fraction
+    )
+    truth = plate_truth(config, barcode)
     called = [r for r in results if r.label in ("high", "low")]  # uncertain / no call: not calls
     if not called:
         typer.echo("no well was called; nothing to compare", err=True)

@@ -52,8 +52,10 @@ def fct_export(
             f"--plate {plate!r} is not a barcode: 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
-    chosen_seed = get_settings().simulation_seed if seed is None else seed
-    text = fct_export_csv(SimulationConfig(seed=chosen_seed), plate)
+    settings = get_settings()
+    chosen_seed = settings.simulation_seed if seed is None else seed
+    config = SimulationConfig(seed=chosen_seed, high_fraction=settings.simulation_high_fraction)
+    text = fct_export_csv(config, plate)
     if output is None:
         typer.echo(text, nl=False)
         return

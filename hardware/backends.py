@@ -27,6 +27,7 @@ class BackendOptions:
 
     Attributes:
         simulation_seed: seed of the simulated plates (simulator backends).
+        simulation_high_fraction: share of high wells on simulated plates (their prevalence).
         mm_app_path: Micro-Manager install folder, to start it headless (with ``mm_config``).
         mm_config: Micro-Manager hardware configuration (.cfg).
         mm_port: port of a running Micro-Manager's ZMQ server.
@@ -48,6 +49,7 @@ class BackendOptions:
     """
 
     simulation_seed: int = 0
+    simulation_high_fraction: float = 0.5
     mm_app_path: Path | None = None
     mm_config: Path | None = None
     mm_port: int = 4827
@@ -64,11 +66,15 @@ class BackendOptions:
             )
 
     def simulation_config(self) -> SimulationConfig:
-        """The simulators' configuration from these options (seed, timing mode)."""
+        """The simulators' configuration from these options (seed, prevalence, timing mode)."""
         from hardware.sim import SimulationConfig
 
         timing: Any = self.sim_timing
-        return SimulationConfig(seed=self.simulation_seed, timing_mode=timing)
+        return SimulationConfig(
+            seed=self.simulation_seed,
+            high_fraction=self.simulation_high_fraction,
+            timing_mode=timing,
+        )
 
 
 SIM_TIMINGS: tuple[str, ...] = ("fast", "realtime")

@@ -52,6 +52,9 @@ LABELS: tuple[str, ...] = (HIGH, LOW, UNCERTAIN, NO_CALL)
 MIN_DECISION_SET = 20
 """Fewer held-out fields than this choose no threshold worth recording."""
 
+START_COVERAGE = 0.5
+"""Where the selective test sequence starts, as a share of the decision set (resolve_policy)."""
+
 
 @dataclass(frozen=True)
 class DecisionSet:
@@ -232,6 +235,7 @@ class CallPolicy:
         selective: the risk-controlled confidence threshold at ``alpha``, when on.
         ood_threshold: a field scoring above this is out of distribution (None: no guard).
         calibration: the calibration method the model applies (provenance).
+        start_coverage: where the selective test sequence started (see :func:`resolve_policy`).
     """
 
     threshold: float = 0.5
@@ -241,6 +245,7 @@ class CallPolicy:
     selective: SelectiveThreshold | None = None
     ood_threshold: float | None = None
     calibration: str = "identity"
+    start_coverage: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -248,6 +253,7 @@ class CallPolicy:
             "threshold_policy": self.threshold_policy,
             "alpha": self.alpha,
             "delta": self.delta,
+            "start_coverage": self.start_coverage,
             "selective": self.selective.to_dict() if self.selective else None,
             "ood_threshold": self.ood_threshold,
             "calibration": self.calibration,
@@ -263,8 +269,17 @@ def resolve_policy(
     delta: float = 0.1,
     ood_threshold: float | None = None,
     calibration: str = "identity",
+    start_coverage: float = START_COVERAGE,
 ) -> CallPolicy:
     """The policy a scan runs under.
+
+    ``start_coverage``: the selective test sequence (strict to loose) starts at the strictest
+    threshold that calls this share of the decision set. The strictest thresholds call few
+    fields, and one confidently wrong field among them (a well whose morphology contradicts
+    its FCT label: every lab has some) ends a fixed sequence before the well-powered thresholds
+    are reached. Starting at half gives up coverages under 50 %, which no lab would run a
+    screen at, for that power. It is fixed without looking at the labels, so the guarantee
+    stands (:func:`models.selective.risk_controlled_threshold`, ``min_calls``).
 
     Raises:
         ValueError: a bad policy or risk, or one that needs a decision set the model lacks.
@@ -287,12 +302,15 @@ def resolve_policy(
                 f"threshold policy {policy} gives threshold {threshold}: no field is high, so "
                 "no selective threshold can be chosen; use a looser policy"
             )
+        if not 0.0 <= start_coverage < 1.0:
+            raise ValueError(f"start_coverage must be in [0, 1), got {start_coverage}")
         selective = risk_controlled_threshold(
             decision_set.probabilities,
             decision_set.labels,
             alpha=alpha,
             delta=delta,
             decision=min(threshold, float(np.nextafter(1.0, 0.0))),
+            min_calls=max(1, math.ceil(start_coverage * decision_set.size)),
         )
     return CallPolicy(
         threshold=threshold,
@@ -302,6 +320,7 @@ def resolve_policy(
         selective=selective,
         ood_threshold=ood_threshold,
         calibration=calibration,
+        start_coverage=start_coverage if selective is not None else 0.0,
     )
 
 

@@ -306,3 +306,19 @@ def test_reliability_parts_the_data_cannot_support_are_skipped(small_data: Train
     assert parts.ood_guard is None and "8 training fields" in parts.skipped["ood"]
     assert parts.calibration == Calibration() or parts.calibration.method != "identity"
     assert "skipped" in parts.card(trained.model, tiny.test)["ood"]  # type: ignore[operator]
+
+
+def test_the_simulated_prevalence_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.runtime import backend_options
+    from app.settings import Settings
+    from hardware.sim import plate_truth
+
+    monkeypatch.setenv("MSCREEN_SIMULATION_HIGH_FRACTION", "0.9")
+    config = backend_options(Settings()).simulation_config()
+    assert config.high_fraction == 0.9
+    truth = plate_truth(config, "PREVALENCE-1")
+    high = sum(t.label == "high" for t in truth.values()) / len(truth)
+    assert 0.8 <= high <= 1.0
+    monkeypatch.setenv("MSCREEN_SIMULATION_HIGH_FRACTION", "1.5")
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        Settings()
