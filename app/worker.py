@@ -256,14 +256,14 @@ class ScanWorker:
             classifier, model_version_id = self.context.classifier, self.context.model_version_id
             if classifier is None or model_version_id is None:  # run_next checked; never unset
                 raise RuntimeError("no model is loaded")
-            # The call policy asked for at creation, resolved against this model and recorded:
-            # a resumed scan resolves the same request against the same model, so the same
-            # thresholds.
+            # The call policy asked for at creation, resolved against this model and recorded.
+            # Resolution is deterministic, so a scan resumed on the same model records the same
+            # thresholds; resumed on another (activated meanwhile), the earlier record is kept
+            # under "superseded", since the wells already done were called under it.
             policy = _resolve_policy(classifier, scan.decision_policy)
-            scan.decision_policy = {
-                "requested": _requested_policy(scan.decision_policy),
-                **policy.to_dict(),
-            }
+            scan.decision_policy = _recorded_policy(
+                scan.decision_policy, policy, model=model_version_id
+            )
         if done:
             logger.info(
                 "scan %d resumes: %d wells done, %d to go", scan_id, len(done), len(remaining)
@@ -478,6 +478,22 @@ def _requested_policy(recorded: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     source = recorded.get("requested", recorded)
     return {key: source[key] for key in REQUESTED_POLICY_KEYS if source.get(key) is not None}
+
+
+def _recorded_policy(
+    recorded: dict[str, Any] | None, policy: CallPolicy, *, model: int
+) -> dict[str, Any]:
+    """What ``Scan.decision_policy`` holds once the scan runs: the request, the resolved policy
+    and the model version it was resolved on, plus any earlier, different resolution."""
+    resolved = {"requested": _requested_policy(recorded), "model_version_id": model}
+    resolved |= policy.to_dict()
+    if not recorded or "requested" not in recorded:
+        return resolved
+    earlier = {k: v for k, v in recorded.items() if k != "superseded"}
+    history = list(recorded.get("superseded", []))
+    if earlier != resolved:
+        history.append(earlier)
+    return resolved | ({"superseded": history} if history else {})
 
 
 def _resolve_policy(classifier: WellClassifier, recorded: dict[str, Any] | None) -> CallPolicy:

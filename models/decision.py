@@ -19,14 +19,19 @@ each scan; :func:`decide_well` applies it to one well's fields:
    none left: **no call**;
 2. the well's P(high) is the mean over the fields used, its spread their standard deviation;
 3. the *leaning* is high iff P(high) >= the decision threshold;
-4. with selective calls on, the well is called only if its confidence
-   ``max(p, 1 - p) - spread`` reaches the selective threshold, else it is **uncertain**. The
+4. with selective calls on, the well is called only if its confidence (the probability that
+   its leaning is right, ``p`` when it leans high, else ``1 - p``, minus the spread) reaches
+   the selective threshold, else it is **uncertain**. The
    decision set holds single fields (spread 0), so subtracting the spread only makes serving
    stricter than calibration: fields that disagree need more agreement to be called.
 
 The guarantee is the decision set's: it holds for wells exchangeable with those fields (the same
-acquisition, plates and culture). Wells with several fields are averaged, which makes them
-easier, not harder, than the single calibration fields.
+acquisition, plates and culture). It is exact only with the ``default`` decision threshold and a
+held-out decision set: a data-driven policy (Youden, a sensitivity) chooses its threshold on the
+same labels the selective test then uses, which makes the certificate approximate
+(:attr:`CallPolicy.guarantee` says which). Wells with several fields are averaged, which makes
+them easier, not harder, than the single calibration fields, but their fields are not
+independent of each other as the calibration fields are.
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ class DecisionSet:
 
 
 PolicyKind = Literal["default", "youden", "sensitivity", "specificity"]
-_POLICY = re.compile(r"^(default|youden|(sensitivity|specificity):(0?\.\d+|1(\.0*)?))$")
+_POLICY = re.compile(r"^(default|youden|(sensitivity|specificity):([0-9.eE+-]+))$")
 
 
 @dataclass(frozen=True)
@@ -177,13 +182,17 @@ class ThresholdPolicy:
             )
         if match.group(2) is None:
             return cls(match.group(1))  # type: ignore[arg-type]
-        target = float(match.group(3))
+        try:
+            target = float(match.group(3))
+        except ValueError:
+            target = math.nan
         if not 0.0 < target <= 1.0:
             raise ValueError(f"threshold policy {text!r}: the rate must be in (0, 1]")
         return cls(match.group(2), target)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
-        return self.kind if self.target is None else f"{self.kind}:{self.target:g}"
+        # repr: the shortest text that parses back to the same rate (never rounded to another).
+        return self.kind if self.target is None else f"{self.kind}:{self.target!r}"
 
     @property
     def needs_decision_set(self) -> bool:
@@ -236,6 +245,8 @@ class CallPolicy:
         ood_threshold: a field scoring above this is out of distribution (None: no guard).
         calibration: the calibration method the model applies (provenance).
         start_coverage: where the selective test sequence started (see :func:`resolve_policy`).
+        guarantee: "exact", or why the selective certificate is only approximate (None:
+            selective calls off).
     """
 
     threshold: float = 0.5
@@ -246,6 +257,7 @@ class CallPolicy:
     ood_threshold: float | None = None
     calibration: str = "identity"
     start_coverage: float = 0.0
+    guarantee: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -254,6 +266,7 @@ class CallPolicy:
             "alpha": self.alpha,
             "delta": self.delta,
             "start_coverage": self.start_coverage,
+            "guarantee": self.guarantee,
             "selective": self.selective.to_dict() if self.selective else None,
             "ood_threshold": self.ood_threshold,
             "calibration": self.calibration,
@@ -297,10 +310,15 @@ def resolve_policy(
                 f"selective calls (alpha {alpha}) need the model's decision set (held-out "
                 "calibration fields), and this model has none: retrain it, or leave alpha unset"
             )
-        if not 0.0 < threshold <= 1.0:
+        if threshold > 1.0:
             raise ValueError(
                 f"threshold policy {policy} gives threshold {threshold}: no field is high, so "
                 "no selective threshold can be chosen; use a looser policy"
+            )
+        if threshold <= 0.0:
+            raise ValueError(
+                f"threshold policy {policy} gives threshold {threshold}: every field is high, "
+                "so no selective threshold can be chosen; use a stricter policy"
             )
         if not 0.0 <= start_coverage < 1.0:
             raise ValueError(f"start_coverage must be in [0, 1), got {start_coverage}")
@@ -321,7 +339,17 @@ def resolve_policy(
         ood_threshold=ood_threshold,
         calibration=calibration,
         start_coverage=start_coverage if selective is not None else 0.0,
+        guarantee=_guarantee(policy, decision_set) if selective is not None else None,
     )
+
+
+def _guarantee(policy: ThresholdPolicy, decision_set: DecisionSet | None) -> str:
+    reasons = []
+    if decision_set is not None and not decision_set.held_out:
+        reasons.append("the decision set also stopped training and fitted the calibration")
+    if policy.needs_decision_set:
+        reasons.append(f"the {policy} threshold was chosen on the same labels")
+    return "exact" if not reasons else "approximate: " + "; ".join(reasons)
 
 
 @dataclass(frozen=True)
@@ -334,8 +362,11 @@ class WellDecision:
             in distribution).
         probability: mean calibrated P(high) over the fields used (all QC-passing fields when
             none is in distribution, for information).
-        confidence: ``max(p, 1 - p) - spread``, what the selective threshold is compared with.
-        spread: population standard deviation of the used fields' P(high) (0 for one field).
+        confidence: the probability that the leaning is right (``p`` leaning high, else
+            ``1 - p``) minus the spread: what the selective threshold is compared with (None:
+            no call).
+        spread: population standard deviation of the used fields' P(high) (0 for one field;
+            None: no call).
         ood_score: the lowest out-of-distribution score over the well's fields (None: no guard).
         fields_in_distribution: fields used.
         reason: why "uncertain" / "no call", or notes on a call (fields left out); "" if none.
@@ -344,8 +375,8 @@ class WellDecision:
     label: str
     leaning: str | None
     probability: float
-    confidence: float
-    spread: float
+    confidence: float | None
+    spread: float | None
     ood_score: float | None
     fields_in_distribution: int
     reason: str
@@ -375,8 +406,8 @@ def decide_well(
             label=NO_CALL,
             leaning=None,
             probability=p_all,
-            confidence=0.0,
-            spread=0.0,
+            confidence=None,
+            spread=None,
             ood_score=lowest,
             fields_in_distribution=0,
             reason=(
@@ -387,8 +418,8 @@ def decide_well(
         )
     probability = float(np.mean(used))
     spread = float(statistics.pstdev(used)) if len(used) > 1 else 0.0
-    confidence = max(probability, 1.0 - probability) - spread
     leaning = HIGH if probability >= policy.threshold else LOW
+    confidence = (probability if leaning == HIGH else 1.0 - probability) - spread
     notes = []
     if len(used) < len(probabilities):
         notes.append(

@@ -113,6 +113,7 @@ class OnnxClassifier:
         self.ood_guard: OodGuard | None = self._read_entry(
             metadata, ood.METADATA_KEY, OodGuard.from_dict
         )
+        self._check_guard()
         self.threshold = float(metadata.get("threshold", "0.5"))
         self.name = metadata.get("model_name", self.model_path.parent.parent.name)
         self.version = metadata.get("model_version", self.model_path.parent.name)
@@ -142,10 +143,24 @@ class OnnxClassifier:
             return None
         try:
             return parse(json.loads(text))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # 1e400 in JSON: an int too big for float
             raise ValueError(
                 f"{self.model_path} has a malformed {key!r} metadata entry: {exc}"
             ) from None
+
+    def _check_guard(self) -> None:
+        """A guard fitted on another band count would fail every scan: refuse it at load."""
+        if self.ood_guard is None:
+            return
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        shape = inputs["features"].shape if "features" in inputs else []  # [N, B, H, W]
+        bands = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+        if bands is not None and self.ood_guard.dimension != ood.descriptor_length(bands):
+            raise ValueError(
+                f"{self.model_path} has a malformed {ood.METADATA_KEY!r} metadata entry: its "
+                f"guard compares {self.ood_guard.dimension}-value descriptors, and the model's "
+                f"{bands} bands give {ood.descriptor_length(bands)}"
+            )
 
     def ood_scores(self, descriptors: np.ndarray) -> np.ndarray | None:
         """Out-of-distribution scores of (N, D) field descriptors

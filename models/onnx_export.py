@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from models.calibration import METADATA_KEY, Calibration
+from models.decision import METADATA_KEY as DECISION_SET_KEY
 from models.inference import OnnxClassifier
 from models.pipeline import FEATURE_VERSION, PipelineConfig
 
@@ -113,10 +114,12 @@ def write_calibration(model_path: Path, calibration: Calibration) -> Path:
     """Store ``calibration`` in an exported model's metadata (key ``calibration``), in place.
 
     An identity calibration removes the entry (so the model reads exactly as an uncalibrated
-    one); see :func:`write_metadata` for how the file is replaced.
+    one); see :func:`write_metadata` for how the file is replaced. The model's decision set, if
+    any, is removed too: its probabilities were calibrated by the old map, so thresholds chosen
+    on them would be wrong under the new one (refit it on held-out fields).
     """
     value = None if calibration.is_identity else json.dumps(calibration.to_dict(), allow_nan=False)
-    write_metadata(model_path, {METADATA_KEY: value})
+    write_metadata(model_path, {METADATA_KEY: value, DECISION_SET_KEY: None})
     logger.info("wrote %s calibration into %s", calibration.method, model_path)
     return model_path
 

@@ -113,14 +113,16 @@ class SelectiveThreshold:
 METHOD = "learn-then-test, fixed sequence, Clopper-Pearson"
 
 
-def confidence(p_high: Sequence[float] | np.ndarray) -> np.ndarray:
-    """``max(p, 1 - p)``: how far a probability is from a coin toss, in [0.5, 1].
+def confidence(p_high: Sequence[float] | np.ndarray, decision: float = 0.5) -> np.ndarray:
+    """The probability that the call is right: ``p`` where ``p >= decision`` (called high),
+    else ``1 - p``. At the usual ``decision`` 0.5 this is ``max(p, 1 - p)``, in [0.5, 1]; with
+    another decision threshold a call against the odds (high at p = 0.3) has confidence 0.3.
 
     Raises:
         ValueError: a probability outside [0, 1] or not finite.
     """
     p = _probabilities(p_high)
-    return np.maximum(p, 1.0 - p)
+    return np.where(p >= decision, p, 1.0 - p)
 
 
 def selective_labels(
@@ -135,7 +137,7 @@ def selective_labels(
     _check_decision(decision)
     p = _probabilities(p_high)
     labels = np.where(p >= decision, HIGH, LOW).astype(object)
-    labels[confidence(p) < threshold] = UNCERTAIN
+    labels[confidence(p, decision) < threshold] = UNCERTAIN
     return labels
 
 
@@ -155,10 +157,14 @@ def minimum_calls(alpha: float, delta: float) -> int:
     """The fewest calls whose bound can be ``<= alpha``: the least ``n`` with zero errors and
     ``1 - delta ** (1 / n) <= alpha``."""
     _check_risk(alpha, delta)
-    n = max(1, math.ceil(math.log(delta) / math.log(1.0 - alpha)))
-    while n > 1 and 1.0 - delta ** (1.0 / (n - 1)) <= alpha:  # guard against rounding
+
+    def bound(calls: int) -> float:  # 1 - delta ** (1 / n), without cancellation at tiny alpha
+        return -math.expm1(math.log(delta) / calls)
+
+    n = max(1, math.ceil(math.log(delta) / math.log1p(-alpha)))
+    while n > 1 and bound(n - 1) <= alpha:  # guard against rounding
         n -= 1
-    while 1.0 - delta ** (1.0 / n) > alpha:
+    while bound(n) > alpha:
         n += 1
     return n
 
@@ -200,7 +206,7 @@ def risk_controlled_threshold(
         raise ValueError(f"{len(p)} probabilities but {len(truth)} labels")
     if len(p) == 0:
         raise ValueError("no calibration wells")
-    conf = np.maximum(p, 1.0 - p)
+    conf = confidence(p, decision)
     wrong = (p >= decision) != truth
 
     order = np.argsort(-conf, kind="mergesort")

@@ -168,3 +168,20 @@ def wait_for_scan(client: TestClient, location: str, timeout_s: float = 300.0) -
             return body
         time.sleep(0.2)
     raise AssertionError(f"scan did not finish in {timeout_s} s: {body}")
+
+
+def copy_bundled_v1(repository: Path) -> Path:
+    """``repository/hscnn-sim`` holding the bundled model's v1 only (and its Triton config).
+
+    Tests that add versions, activate them or count them reason from one known version; the
+    bundled repository's newest (v2, with a decision set and an out-of-distribution guard) is
+    tested by its own tests.
+    """
+    from models.repository import BUNDLED_REPOSITORY
+
+    source = BUNDLED_REPOSITORY / "hscnn-sim"
+    target = repository / "hscnn-sim"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "config.pbtxt", target / "config.pbtxt")
+    shutil.copytree(source / "1", target / "1")
+    return target

@@ -24,14 +24,14 @@ from models.repository import (
 )
 from store.db import session_scope
 from store.orm import AuditEvent, FctMeasurement, Image, Role, Scan, ScanStatus
-from tests.conftest import wait_for_scan
+from tests.conftest import copy_bundled_v1, wait_for_scan
 
 GOOD = BUNDLED_REPOSITORY / "hscnn-sim" / "1"
 
 
 def _repository(root: Path, versions: int = 1) -> Path:
     """A model repository with ``versions`` copies of the bundled model."""
-    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", root / "hscnn-sim")
+    copy_bundled_v1(root)
     for version in range(2, versions + 1):
         shutil.copytree(root / "hscnn-sim" / "1", root / "hscnn-sim" / str(version))
     return root
@@ -202,7 +202,8 @@ def test_health_names_the_backend_and_the_instrument(service):
     assert health.status_code == 200
     body = health.json()
     assert body["microscope"] == "pycromanager-sim" and body["instrument"] == "simulated"
-    assert body["model"]["version"] == 1 and body["model"]["name"] == "hscnn-sim"
+    newest = ModelRepository(BUNDLED_REPOSITORY).get("hscnn-sim").version  # served by default
+    assert body["model"]["version"] == newest and body["model"]["name"] == "hscnn-sim"
     assert body["problems"] == [] and body["status"] == "ok"
 
 

@@ -23,6 +23,7 @@ from models.calibration import (
 from models.inference import OnnxClassifier
 from models.onnx_export import fixed_parity_input, write_calibration
 from models.repository import ModelRepository
+from tests.conftest import copy_bundled_v1
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def test_a_malformed_key_is_a_value_error_naming_it(tmp_path, value):
 
 
 def test_the_repository_reports_a_malformed_calibration_as_a_broken_model(tmp_path):
-    shutil.copytree(BUNDLED.parents[1], tmp_path / "hscnn-sim")
+    copy_bundled_v1(tmp_path)
     good = tmp_path / "hscnn-sim" / "1" / "model.onnx"
     shutil.copytree(good.parent, tmp_path / "hscnn-sim" / "2")
     write_calibration(good, Calibration(method="temperature", temperature=1.5))

@@ -69,9 +69,9 @@ def guard_everything_out(bands: int = 6) -> OodGuard:
 def call_repository(root: Path) -> Path:
     """A model repository at ``root``: hscnn-sim v1 (bundled), v2 (+ decision set), v3 (+ a
     guard every field fails); also used by the browser test."""
-    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", root / "hscnn-sim")
-    for version in (2, 3):
-        shutil.copytree(root / "hscnn-sim" / "1", root / "hscnn-sim" / str(version))
+    (root / "hscnn-sim").mkdir(parents=True)
+    for version in (1, 2, 3):  # all three the bundled v1's network (no decision set, no guard)
+        shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim" / "1", root / "hscnn-sim" / str(version))
     dset = json.dumps(decision_set().to_dict())
     write_metadata(root / "hscnn-sim" / "2" / "model.onnx", {decision.METADATA_KEY: dset})
     write_metadata(

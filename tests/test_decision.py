@@ -60,9 +60,17 @@ def test_threshold_policies_pick_the_known_thresholds() -> None:
     assert str(ThresholdPolicy.parse("sensitivity:0.950")) == "sensitivity:0.95"
 
 
-@pytest.mark.parametrize("text", ["", "youden:0.5", "sensitivity", "sensitivity:0", "x:0.5", "1.5"])
+@pytest.mark.parametrize("text", ["", "youden:0.5", "sensitivity", "x:0.5", "1.5"])
 def test_bad_threshold_policies_name_the_accepted_forms(text: str) -> None:
     with pytest.raises(ValueError, match="default, youden, sensitivity:S"):
+        ThresholdPolicy.parse(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["sensitivity:0", "specificity:1.5", "sensitivity:nan", "sensitivity:1e"]
+)
+def test_rates_outside_0_1_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"rate (must be )?in \(0, 1\]"):
         ThresholdPolicy.parse(text)
 
 
@@ -322,3 +330,64 @@ def test_the_simulated_prevalence_follows_the_setting(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MSCREEN_SIMULATION_HIGH_FRACTION", "1.5")
     with pytest.raises(ValueError, match="less than or equal to 1"):
         Settings()
+
+
+def test_confidence_is_the_probability_that_the_leaning_is_right() -> None:
+    known = _known_set()
+    # sensitivity:0.95 picks 0.4: a well at p = 0.42 leans high against the odds.
+    policy = resolve_policy(decision_set=known, threshold_policy="sensitivity:0.95", alpha=0.3)
+    assert policy.threshold == pytest.approx(0.4)
+    against = decide_well([0.42], [None], policy)
+    assert against.leaning == "high" and against.confidence == pytest.approx(0.42)
+    assert policy.guarantee is not None and policy.guarantee.startswith("approximate")
+    exact = resolve_policy(decision_set=known, alpha=0.05)
+    assert exact.guarantee == "exact" and exact.to_dict()["start_coverage"] == 0.5
+
+
+def test_policy_text_round_trips_without_changing_the_rate() -> None:
+    for text in ("specificity:0.9999999", "sensitivity:1e-05", "sensitivity:1"):
+        policy = ThresholdPolicy.parse(text)
+        assert ThresholdPolicy.parse(str(policy)) == policy
+    assert str(ThresholdPolicy.parse("specificity:0.9999999")) == "specificity:0.9999999"
+
+
+def test_tiny_alpha_certifies_nothing_quickly() -> None:
+    from models.selective import minimum_calls
+
+    assert minimum_calls(1e-12, 0.1) > 10**12
+    policy = resolve_policy(decision_set=_known_set(), alpha=1e-17)
+    assert policy.selective is not None and policy.selective.calls_nothing
+
+
+def test_a_guard_for_another_band_count_is_refused_at_load(bundled_copy: Path) -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(30, 3, 16, 16)).astype(np.float32)
+    masks = (rng.random((30, 1, 16, 16)) > 0.5).astype(np.float32)
+    three_bands = ood.fit_ood_guard(features, masks)
+    write_metadata(bundled_copy, {ood.METADATA_KEY: json.dumps(three_bands.to_dict())})
+    with pytest.raises(ValueError, match="6 bands give"):
+        OnnxClassifier(bundled_copy, providers="cpu")
+
+
+def test_recalibrating_drops_the_decision_set(bundled_copy: Path) -> None:
+    from models.onnx_export import write_calibration
+
+    write_metadata(bundled_copy, {decision.METADATA_KEY: json.dumps(_known_set().to_dict())})
+    write_calibration(bundled_copy, Calibration(method="temperature", temperature=1.5))
+    reloaded = OnnxClassifier(bundled_copy, providers="cpu")
+    assert reloaded.calibration.method == "temperature" and reloaded.decision_set is None
+
+
+def test_a_resumed_scan_keeps_the_policy_its_first_wells_were_called_under() -> None:
+    from app.worker import _recorded_policy
+
+    requested = {"threshold_policy": "default", "alpha": 0.05, "delta": 0.1}
+    first = _recorded_policy(
+        requested, resolve_policy(decision_set=_known_set(), alpha=0.05), model=1
+    )
+    assert first["requested"] == requested and first["model_version_id"] == 1
+    same = _recorded_policy(first, resolve_policy(decision_set=_known_set(), alpha=0.05), model=1)
+    assert same == first
+    other_set = DecisionSet.of([0.2] * 150 + [0.8] * 150, [0] * 150 + [1] * 150)
+    moved = _recorded_policy(first, resolve_policy(decision_set=other_set, alpha=0.05), model=2)
+    assert moved["model_version_id"] == 2 and moved["superseded"] == [first]

@@ -154,7 +154,9 @@ def test_selective_labels() -> None:
     out = selective_labels(p, 0.9)
     assert list(out) == ["high", "low", "uncertain", "uncertain", "uncertain", "high"]
     assert list(selective_labels(p, 0.5)) == ["high", "low", "high", "low", "high", "high"]
-    assert list(selective_labels([0.7], 0.6, decision=0.8)) == ["low"]
+    # Called low at decision 0.8, p = 0.7 is right with probability 0.3 only: not confident.
+    assert list(selective_labels([0.7], 0.6, decision=0.8)) == ["uncertain"]
+    assert list(selective_labels([0.7], 0.3, decision=0.8)) == ["low"]
     np.testing.assert_allclose(confidence([0.2, 0.5, 0.9]), [0.8, 0.5, 0.9])
 
 

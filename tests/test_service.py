@@ -14,7 +14,7 @@ from app.main import create_app
 from hardware.sim import SimulationConfig, fct_export_csv, plate_truth
 from store.db import session_scope
 from store.orm import AuditEvent, FctMeasurement, ManualCall, Role, Scan
-from tests.conftest import wait_for_scan
+from tests.conftest import copy_bundled_v1, wait_for_scan
 
 SIX_WELLS = ["A1", "A2", "B3", "C4", "D5", "E6"]
 
@@ -340,12 +340,11 @@ def test_model_activation_requires_a_passed_parity_check(tmp_path, settings):
 
     from app.auth import create_key
     from app.main import create_app
-    from models.repository import BUNDLED_REPOSITORY
     from store.db import session_scope
     from store.orm import Role
 
     repository = tmp_path / "repo"
-    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", repository / "hscnn-sim")
+    copy_bundled_v1(repository)
     shutil.copytree(repository / "hscnn-sim" / "1", repository / "hscnn-sim" / "2")
     card_path = repository / "hscnn-sim" / "2" / "model_card.json"
     card = json.loads(card_path.read_text())
@@ -383,12 +382,11 @@ def test_a_retraining_run_started_from_the_api_publishes_a_new_version(tmp_path,
 
     from app.auth import create_key
     from app.main import create_app
-    from models.repository import BUNDLED_REPOSITORY
     from store.db import session_scope
     from store.orm import Role
 
     repository = tmp_path / "repo"
-    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", repository / "hscnn-sim")
+    copy_bundled_v1(repository)
     settings.model_repository = repository
     with TestClient(create_app(settings)) as client:
         with session_scope(client.app.state.runtime.session_factory) as session:
@@ -450,12 +448,11 @@ def test_retraining_from_the_labelled_plates_in_the_database(tmp_path, settings)
 
     from app.auth import create_key
     from app.main import create_app
-    from models.repository import BUNDLED_REPOSITORY
     from store.db import session_scope
     from store.orm import Role
 
     settings.model_repository = tmp_path / "repo"
-    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", settings.model_repository / "hscnn-sim")
+    copy_bundled_v1(settings.model_repository)
     config = SimulationConfig(seed=settings.simulation_seed)
     with TestClient(create_app(settings)) as client:
         with session_scope(client.app.state.runtime.session_factory) as session:

@@ -8,7 +8,6 @@ for the fast ones, and the real ``python -m cli train --run-id`` child for the s
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from app.training_runs import TrainingRunQueue, group_alive, this_host
 from models.repository import BUNDLED_REPOSITORY
 from store.db import session_scope
 from store.orm import AuditEvent, TrainingRun, TrainingRunStatus
+from tests.conftest import copy_bundled_v1
 
 RUNS = "/api/v1/training-runs"
 TINY = {"train_plates": 1, "val_plates": 1, "test_plates": 1, "epochs": 1, "seed": 3}
@@ -45,7 +45,7 @@ time.sleep(float(sys.argv[1]))
 def repository(tmp_path: Path) -> Path:
     """A writable model repository holding a copy of the bundled model."""
     path = tmp_path / "repo"
-    shutil.copytree(BUNDLED_REPOSITORY / "hscnn-sim", path / "hscnn-sim")
+    copy_bundled_v1(path)
     return path
 
 

@@ -13,9 +13,10 @@ import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import numpy as np
 from sqlalchemy import and_, func, or_, select, update
@@ -33,6 +34,7 @@ from app.imports.layouts import (
 )
 from app.imports.plan import FieldSource, ImportPlan, pipeline_problem, read_field
 from app.runtime import Runtime
+from app.scans import PolicyDefaults, check_policy
 from app.schemas.imports import ImportPublic
 from app.schemas.scans import ScanPublic
 from app.worker import ScanWorker, WorkerContext
@@ -130,14 +132,25 @@ class ImportContext:
     image_store: ImageStore
     geometry: PlateGeometry
     lease_seconds: float = 30.0
+    # The service's call policy ({threshold_policy, alpha, delta}; app.scans.requested_policy),
+    # recorded with the import's scan as with any other; empty: the model's default.
+    decision_policy: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, runtime: Runtime) -> ImportContext:
-        """From a built runtime; UnavailableError (503, with the reason) while no model serves."""
+        """From a built runtime; UnavailableError (503, with the reason) while no model serves,
+        ConflictError (409) when the service's call policy needs what the model lacks."""
         classifier = runtime.require_model()
         context = runtime.worker.context
         if context.model_version_id is None:  # set together with the classifier
             raise UnavailableError("no model version is registered for the serving model")
+        defaults = PolicyDefaults.of(runtime.settings)
+        policy = {
+            "threshold_policy": defaults.threshold_policy,
+            "alpha": defaults.alpha,
+            "delta": defaults.delta,
+        }
+        check_policy(classifier, policy, from_service=list(policy))
         return cls(
             session_factory=runtime.session_factory,
             classifier=classifier,
@@ -145,6 +158,7 @@ class ImportContext:
             image_store=runtime.image_store,
             geometry=context.plate,
             lease_seconds=runtime.settings.lease_seconds,
+            decision_policy=policy,
         )
 
 
@@ -220,6 +234,7 @@ def _register(context: ImportContext, plan: ImportPlan, microscope: str, request
             microscope=microscope,
             wells_done=0,
             requested_by=requested_by,
+            decision_policy=dict(context.decision_policy) or None,
         )
         session.add(scan)
         session.flush()

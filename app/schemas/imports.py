@@ -164,5 +164,6 @@ class ImportPublic(BaseModel):
     scan: ScanPublic | None = Field(description="The scan the import made (null: dry run)")
     calls: dict[str, int] = Field(
         default_factory=dict,
-        description="Wells per outcome: high, low, excluded (no field passed QC), failed",
+        description="Wells per outcome: high, low, uncertain (confirm by FCT), no call (out of "
+        "distribution), excluded (no field passed QC), failed",
     )

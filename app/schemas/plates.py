@@ -81,8 +81,9 @@ class WellResultPublic(BaseModel):
     )
     confidence: float | None = Field(
         None,
-        description="max(P, 1 - P) minus the fields' spread: what the selective threshold "
-        "(decision_policy.selective.threshold) is compared with",
+        description="The probability that the leaning is right (P leaning high, 1 - P leaning "
+        "low) minus the fields' spread: what the selective threshold "
+        "(decision_policy.selective.threshold) is compared with; null: no call",
     )
     field_spread: float | None = Field(
         None,

@@ -37,10 +37,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Labels that did not exist before (uncertain, no call) fall back to the model's leaning,
-    # the call the old schema would have made, so a downgrade keeps a high/low for every well.
+    # Labels that did not exist before (uncertain, no call) fall back to the call the old schema
+    # would have made: the leaning, or for a no-call well (which has none) P(high) >= 0.5; so a
+    # downgrade keeps a high/low for every well that has a probability.
     op.execute(
-        "UPDATE well_results SET label = leaning WHERE label IN ('uncertain', 'no call')"
+        "UPDATE well_results SET label = COALESCE(leaning, CASE WHEN probability >= 0.5 "
+        "THEN 'high' ELSE 'low' END) WHERE label IN ('uncertain', 'no call')"
     )
     with op.batch_alter_table('well_results', schema=None) as batch_op:
         batch_op.drop_column('ood_score')

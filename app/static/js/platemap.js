@@ -240,7 +240,7 @@ export function renderPolicy() {
   }
   const parts = [`threshold ${Number(policy.threshold).toFixed(3)} (${policy.threshold_policy})`];
   if (policy.selective && policy.selective.threshold > 1) {
-    parts.push(`no confidence certifies error ≤ ${policy.alpha}: every well uncertain`);
+    parts.push(`no confidence certifies error ≤ ${policy.alpha}: every in-distribution well uncertain`);
   } else if (policy.selective) {
     parts.push(`confidence ≥ ${Number(policy.selective.threshold).toFixed(3)} to call ` +
       `(error ≤ ${policy.alpha}, delta ${policy.delta})`);
