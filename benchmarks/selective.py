@@ -242,7 +242,7 @@ def write_plot(path: str, result: dict[str, Any]) -> None:
     ]
     parts += _svg_panel(
         0,
-        f"error among called vs coverage ({result['model']})",
+        "error among called vs coverage",
         "coverage (share of wells called)",
         "error among called",
         0.1,
@@ -253,7 +253,7 @@ def write_plot(path: str, result: dict[str, Any]) -> None:
     )
     parts += _svg_panel(
         310,
-        f"reliability, ECE {result['ece_test']['calibrated']}",
+        f"reliability (served), ECE {result['ece_test']['calibrated']}",
         "served P(high)",
         "observed share high",
         1.0,

@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from app.errors import ServiceError
-from cli import admin, importing, scan, sim, train
+from cli import admin, importing, models, scan, sim, train
 from cli.common import UserError
 from hardware.plate import WellNameError
 from migrations import DatabaseNotReadyError
@@ -43,6 +43,7 @@ cli.command(
 cli.add_typer(admin.keys_cli, name="keys")
 cli.add_typer(admin.db_cli, name="db")
 cli.add_typer(sim.sim_cli, name="sim")
+cli.add_typer(models.models_cli, name="models")
 
 
 @cli.callback()
