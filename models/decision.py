@@ -352,6 +352,24 @@ def _guarantee(policy: ThresholdPolicy, decision_set: DecisionSet | None) -> str
     return "exact" if not reasons else "approximate: " + "; ".join(reasons)
 
 
+CARD_POLICIES = ("default", "youden", "sensitivity:0.95", "specificity:0.95")
+CARD_ALPHAS = (0.02, 0.05, 0.1)
+
+
+def card_section(decision_set: DecisionSet) -> dict[str, Any]:
+    """A model card's "decision_set" section: the set's summary, the threshold each policy in
+    :data:`CARD_POLICIES` picks and the selective threshold at each of :data:`CARD_ALPHAS`."""
+    thresholds = {
+        policy: resolve_policy(decision_set=decision_set, threshold_policy=policy).threshold
+        for policy in CARD_POLICIES
+    }
+    selective = {}
+    for alpha in CARD_ALPHAS:
+        chosen = resolve_policy(decision_set=decision_set, alpha=alpha).selective
+        selective[str(alpha)] = chosen.to_dict() if chosen is not None else None
+    return {**decision_set.summary(), "thresholds": thresholds, "selective": selective}
+
+
 @dataclass(frozen=True)
 class WellDecision:
     """One well's call and why.

@@ -23,7 +23,7 @@ from models.calibration import (
     reliability_table,
 )
 from models.calibration import METADATA_KEY as CALIBRATION_KEY
-from models.decision import DecisionSet, resolve_policy
+from models.decision import DecisionSet
 from models.metrics import evaluate as evaluate_scores
 from models.networks import MaskedClassifier, create_model
 from models.ood import OodGuard, descriptors, fit_ood_guard
@@ -372,21 +372,7 @@ class Reliability:
             "ood": _skipped(self.skipped, "ood"),
         }
         if self.decision_set is not None:
-            thresholds = {
-                policy: resolve_policy(
-                    decision_set=self.decision_set, threshold_policy=policy
-                ).threshold
-                for policy in ("default", "youden", "sensitivity:0.95", "specificity:0.95")
-            }
-            selective = {}
-            for alpha in (0.02, 0.05, 0.1):
-                chosen = resolve_policy(decision_set=self.decision_set, alpha=alpha).selective
-                selective[str(alpha)] = chosen.to_dict() if chosen is not None else None
-            sections["decision_set"] = {
-                **self.decision_set.summary(),
-                "thresholds": thresholds,
-                "selective": selective,
-            }
+            sections["decision_set"] = decision.card_section(self.decision_set)
         if self.ood_guard is not None:
             test_scores = self.ood_guard.score(descriptors(test.features, test.masks))
             sections["ood"] = {

@@ -44,7 +44,7 @@ from models.calibration import (
     reliability_table,
 )
 from models.calibration import METADATA_KEY as CALIBRATION_KEY
-from models.decision import DecisionSet, resolve_policy
+from models.decision import DecisionSet, card_section
 from models.inference import OnnxClassifier
 from models.metrics import json_safe
 from models.onnx_export import write_metadata
@@ -61,8 +61,6 @@ CalibrationChoice = Literal["auto", "identity", "temperature", "isotonic"]
 BATCH = 32
 """Fields per onnxruntime call: bounded memory (32 x 6 x 220 x 300 float32 = 50 MB)."""
 
-POLICIES = ("default", "youden", "sensitivity:0.95", "specificity:0.95")
-ALPHAS = (0.02, 0.05, 0.1)
 """Thresholds and selective calls the card records, as training.jobs.Reliability.card does."""
 
 
@@ -120,19 +118,6 @@ def _split(data: ImageSet, calibration_share: float, seed: int) -> tuple[ImageSe
                 "it needs both high and low ones: add plates or change the split seed"
             )
     return parts
-
-
-def _decision_section(decision_set: DecisionSet) -> dict[str, Any]:
-    """The card's decision-set section, as training.jobs.Reliability.card writes it."""
-    thresholds = {
-        policy: resolve_policy(decision_set=decision_set, threshold_policy=policy).threshold
-        for policy in POLICIES
-    }
-    selective = {}
-    for alpha in ALPHAS:
-        chosen = resolve_policy(decision_set=decision_set, alpha=alpha).selective
-        selective[str(alpha)] = chosen.to_dict() if chosen is not None else None
-    return {**decision_set.summary(), "thresholds": thresholds, "selective": selective}
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
@@ -325,7 +310,7 @@ def _publish(
         "recalibrated_from": {"name": parent.name, "version": parent.version},
         "recalibration": recalibration,
         "calibration": calibration_section,
-        "decision_set": _decision_section(decision_set),
+        "decision_set": card_section(decision_set),
     }
     text = json.dumps(json_safe(card), indent=2, default=str, allow_nan=False)
     _write_text_atomically(directory / CARD_FILENAME, text + "\n")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from hardware.sim import SimulationConfig
-from models.networks import create_model
+from models.networks import MaskedClassifier, create_model
 from models.pipeline import PipelineConfig
 from training.imagesets import ImageSet, simulated_barcodes, simulated_image_set
 from training.trainer import TrainConfig, jitter_bands, predict, train
@@ -48,9 +48,21 @@ def fit_predict(
     tta: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train ``spec`` (early stopping on ``val_set``); P(class 1) on ``test_set`` and run info."""
+    model, info = fit(spec, train_set, val_set, config, progress)
+    return predict(model, test_set, tta=tta), info
+
+
+def fit(
+    spec: ModelSpec,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    config: TrainConfig,
+    progress: bool,
+) -> tuple[MaskedClassifier, dict[str, Any]]:
+    """Train ``spec`` (early stopping on ``val_set``): the trained model and run info."""
     model = create_model(spec.name, in_bands=int(train_set.features.shape[1]), **spec.options)
     result = train(model, train_set, val_set, config, progress=progress)
-    return predict(result.model, test_set, tta=tta), {
+    return result.model, {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_seconds": round(result.seconds, 1),

@@ -28,11 +28,10 @@ from models.calibration import (
 )
 from models.metrics import auc_score, binary_metrics, json_safe
 from models.metrics import evaluate as evaluate_scores
-from models.networks import create_model
-from training.experiments.common import ModelSpec, SimulatedSettings, train_config_for
+from training.experiments.common import ModelSpec, SimulatedSettings, fit, train_config_for
 from training.experiments.reports import write_plate_eval_report
 from training.imagesets import ImageSet
-from training.trainer import TrainConfig, predict, train
+from training.trainer import TrainConfig, predict
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +114,8 @@ def _fit_predict_val_and_test(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """:func:`training.experiments.common.fit_predict`, also scoring ``val_set``: the raw
     P(high) a calibration is fitted on. Returns (val P(high), test P(high), run info)."""
-    model = create_model(spec.name, in_bands=int(train_set.features.shape[1]), **spec.options)
-    result = train(model, train_set, val_set, config, progress=progress)
-    info = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "train_seconds": round(result.seconds, 1),
-    }
-    return predict(result.model, val_set), predict(result.model, test_set), info
+    model, info = fit(spec, train_set, val_set, config, progress)
+    return predict(model, val_set), predict(model, test_set), info
 
 
 def fit_val_calibration(probability: np.ndarray, labels: np.ndarray) -> Calibration | None:
