@@ -224,7 +224,8 @@ def test_database_training_data_splits_by_plate_and_publishes(tmp_path):
         progress=False,
     )
     assert artifact.version == 1 and (artifact.directory / "model.onnx").is_file()
-    assert card["data"]["images"] == {"train": 4, "val": 4, "test": 4}
+    # No calibration plates from the database: the validation split stands in (docs/calls.md).
+    assert card["data"]["images"] == {"train": 4, "val": 4, "test": 4, "calibration": 0}
     assert card["training"]["config"]["intensity_bands"]  # jitter on this pipeline's bands
     assert ModelRepository(tmp_path / "repo").versions("from-db") == [1]
 
