@@ -152,6 +152,11 @@ class ScanWorker:
             self._run(scan_id)
         except LeaseLostError:
             logger.warning("scan %d: lease lost to another worker; stopping", scan_id)
+        except PolicyUnavailableError as exc:
+            # Expected, not a bug: the model serving now (activated after the scan was queued)
+            # cannot serve the call policy the scan asked for. The scan fails saying so.
+            logger.warning("scan %d failed: %s", scan_id, exc)
+            self._finish(scan_id, ScanStatus.failed, str(exc))
         except Exception as exc:
             logger.exception("scan %d failed", scan_id)
             self._finish(scan_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
@@ -496,13 +501,22 @@ def _recorded_policy(
     return resolved | ({"superseded": history} if history else {})
 
 
+class PolicyUnavailableError(ValueError):
+    """The serving model cannot serve the call policy a scan asked for (it was checked against
+    the model active when the scan was queued; another may serve by the time it starts)."""
+
+
 def _resolve_policy(classifier: WellClassifier, recorded: dict[str, Any] | None) -> CallPolicy:
-    """The scan's call policy on ``classifier``'s model; ValueError (the scan fails, saying why)
-    when the request needs what the model lacks (a decision set for alpha or Youden)."""
+    """The scan's call policy on ``classifier``'s model; PolicyUnavailableError (the scan fails,
+    saying why) when the request needs what the model lacks (a decision set for alpha or
+    Youden)."""
     try:
         return classifier.policy(**_requested_policy(recorded))
     except ValueError as exc:
-        raise ValueError(f"call policy: {exc}") from None
+        model = classifier.model
+        raise PolicyUnavailableError(
+            f"call policy: {exc} (serving model {model.name} v{model.version})"
+        ) from None
 
 
 class _Heartbeat:

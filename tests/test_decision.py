@@ -391,3 +391,14 @@ def test_a_resumed_scan_keeps_the_policy_its_first_wells_were_called_under() -> 
     other_set = DecisionSet.of([0.2] * 150 + [0.8] * 150, [0] * 150 + [1] * 150)
     moved = _recorded_policy(first, resolve_policy(decision_set=other_set, alpha=0.05), model=2)
     assert moved["model_version_id"] == 2 and moved["superseded"] == [first]
+
+
+def test_a_policy_the_serving_model_cannot_serve_fails_the_scan_without_a_traceback(
+    bundled_copy: Path,
+) -> None:
+    from app.worker import PolicyUnavailableError, _resolve_policy
+
+    plain = WellClassifier(OnnxClassifier(bundled_copy, providers="cpu"))  # no decision set
+    with pytest.raises(PolicyUnavailableError, match=r"call policy: threshold policy youden.*v1"):
+        _resolve_policy(plain, {"threshold_policy": "youden", "alpha": None, "delta": 0.1})
+    assert _resolve_policy(plain, None).threshold == 0.5  # scans from before: the default
