@@ -8,14 +8,15 @@ or guard is the plain ``P(high) >= 0.5`` call every model got before.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hardware.microscope import AcquiredField
-from models.decision import CallPolicy, decide_well, resolve_policy
+from models.decision import CallPolicy, WellDecision, decide_well, resolve_policy
 from models.inference import OnnxClassifier
-from models.ood import field_descriptor
+from models.ood import descriptors
 from models.pipeline import PreparedImage, prepare
 
 
@@ -107,10 +108,7 @@ class WellClassifier:
             started = time.perf_counter()
             probs, _ = self.model.predict(features, masks)  # the maps: only for overlays
             if self.model.ood_guard is not None:
-                descriptors = np.stack(
-                    [field_descriptor(features[j], masks[j, 0]) for j in range(len(usable))]
-                )
-                scores = self.model.ood_guard.score(descriptors)
+                scores = self.model.ood_guard.score(descriptors(features, masks))
                 ood_scores = {i: float(s) for i, s in zip(usable, scores, strict=True)}
             inference_ms = (time.perf_counter() - started) * 1000.0
             probabilities = {i: float(p) for i, p in zip(usable, probs, strict=True)}
@@ -130,16 +128,14 @@ class WellClassifier:
             inference_ms=inference_ms,
         )
         if usable:
-            decision = decide_well(
-                [probabilities[i] for i in usable], [ood_scores.get(i) for i in usable], policy
+            decision, call.qc_flags = decide_fields(
+                usable, probabilities, ood_scores, flags, policy
             )
             call.label, call.leaning = decision.label, decision.leaning
             call.probability, call.confidence = decision.probability, decision.confidence
             call.spread, call.ood_score = decision.spread, decision.ood_score
             call.reason = decision.reason or None
             call.fields_in_distribution = decision.fields_in_distribution
-            if decision.fields_in_distribution < len(usable):
-                call.qc_flags = sorted({*flags, "out_of_distribution"})
         return call
 
     def check_channels(self, field: AcquiredField) -> None:
@@ -171,6 +167,24 @@ class WellClassifier:
                 f"{field.well} field {field.field_index} was acquired in channels "
                 f"{list(acquired)}: {fix}, or leave it empty"
             )
+
+
+def decide_fields(
+    usable: Sequence[int],
+    probabilities: Mapping[int, float],
+    ood_scores: Mapping[int, float],
+    flags: list[str],
+    policy: CallPolicy,
+) -> tuple[WellDecision, list[str]]:
+    """A well's decision from its QC-passing fields (``usable``, keys of ``probabilities``;
+    ``ood_scores`` empty without a guard), and its QC flags with ``out_of_distribution`` added
+    when the guard left a field out. Shared by the online path and app.rescore."""
+    decision = decide_well(
+        [probabilities[i] for i in usable], [ood_scores.get(i) for i in usable], policy
+    )
+    if decision.fields_in_distribution < len(usable):
+        flags = sorted({*flags, "out_of_distribution"})
+    return decision, flags
 
 
 def _required(array: np.ndarray | None) -> np.ndarray:

@@ -29,8 +29,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.classifier import WellClassifier
-from models.decision import CallPolicy, decide_well
+from app.classifier import WellClassifier, decide_fields
+from models.decision import CallPolicy
 from models.ood import field_descriptor
 from models.pipeline import PipelineConfig, prepare
 from store.images import CorruptImageError, ImageStore
@@ -95,8 +95,7 @@ def stored_fields(
         .order_by(Image.well_id, Image.field_index)
     ).all()
     return [
-        StoredField(name, int(index), path, sha256, bit_depth)
-        for name, index, path, sha256 in rows
+        StoredField(name, int(index), path, sha256, bit_depth) for name, index, path, sha256 in rows
     ]
 
 
@@ -220,16 +219,14 @@ def _decide(state: _WellState, policy: CallPolicy) -> WellRescore:
     usable = state.usable
     if not usable:
         return result
-    decision = decide_well(
-        [state.probabilities[i] for i in usable], [state.ood_scores.get(i) for i in usable], policy
+    decision, result.qc_flags = decide_fields(
+        usable, state.probabilities, state.ood_scores, flags, policy
     )
     result.label, result.leaning = decision.label, decision.leaning
     result.probability, result.confidence = decision.probability, decision.confidence
     result.spread, result.ood_score = decision.spread, decision.ood_score
     result.reason = decision.reason or None
     result.fields_used = decision.fields_in_distribution
-    if decision.fields_in_distribution < len(usable):
-        result.qc_flags = sorted({*flags, "out_of_distribution"})
     return result
 
 

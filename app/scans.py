@@ -23,7 +23,7 @@ from app.settings import Settings
 from hardware.microscope import Objective
 from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
 from hardware.plate import SBS_96, PlateGeometry, plate_geometry
-from models.decision import CallPolicy, ThresholdPolicy
+from models.decision import REQUEST_FIELDS, CallPolicy, ThresholdPolicy
 from store import queries
 from store.db import session_scope
 from store.orm import Scan, ScanStatus
@@ -33,10 +33,10 @@ class IdempotencyConflictError(InvalidRequestError):
     """The Idempotency-Key was used before with a different request body."""
 
 
-# Request fields added with calls a lab can act on (issue 15): left out of the fingerprint when
-# unset, so a request that does not name them fingerprints as it did before (a retry of a scan
-# queued before the upgrade still finds it).
-_POLICY_FIELDS = ("threshold_policy", "alpha", "delta")
+# The call-policy request fields (issue 15) are left out of the fingerprint when unset, so a
+# request that does not name them fingerprints as it did before (a retry of a scan queued before
+# the upgrade still finds it).
+_POLICY_FIELDS = REQUEST_FIELDS
 
 
 def request_fingerprint(request: ScanCreate) -> str:
@@ -63,19 +63,16 @@ class PolicyDefaults:
     def of(cls, settings: Settings) -> PolicyDefaults:
         return cls(settings.threshold_policy, settings.selective_alpha, settings.selective_delta)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The request a scan that names no call policy makes."""
+        return {name: getattr(self, name) for name in REQUEST_FIELDS}
+
 
 def requested_policy(request: ScanCreate, defaults: PolicyDefaults) -> dict[str, Any]:
     """What the scan asks for: ``{threshold_policy, alpha, delta}``, the request's choices and
     the service's where it names none (stored in ``Scan.decision_policy`` at creation)."""
-    return {
-        "threshold_policy": (
-            request.threshold_policy
-            if request.threshold_policy is not None
-            else defaults.threshold_policy
-        ),
-        "alpha": request.alpha if request.alpha is not None else defaults.alpha,
-        "delta": request.delta if request.delta is not None else defaults.delta,
-    }
+    asked = {name: getattr(request, name) for name in REQUEST_FIELDS}
+    return defaults.to_dict() | {name: v for name, v in asked.items() if v is not None}
 
 
 class ModelCannotServePolicyError(ConflictError):

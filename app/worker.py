@@ -34,7 +34,7 @@ from app.classifier import WellCall, WellClassifier
 from hardware.microscope import HardwareError, Objective, PlateScanner, ScanPlan, WellAcquisition
 from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
 from hardware.plate import SBS_96, PlateGeometry, plate_geometry
-from models.decision import CallPolicy
+from models.decision import REQUEST_FIELDS, CallPolicy
 from store.db import session_scope
 from store.images import ImageStore
 from store.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
@@ -473,16 +473,13 @@ def _result_row(
     )
 
 
-REQUESTED_POLICY_KEYS = ("threshold_policy", "alpha", "delta")
-
-
 def _requested_policy(recorded: dict[str, Any] | None) -> dict[str, Any]:
     """What the scan asked for: ``recorded["requested"]`` once resolved, else the creation record
     (None for scans created before issue 15: the default policy)."""
     if not recorded:
         return {}
     source = recorded.get("requested", recorded)
-    return {key: source[key] for key in REQUESTED_POLICY_KEYS if source.get(key) is not None}
+    return {key: source[key] for key in REQUEST_FIELDS if source.get(key) is not None}
 
 
 def _recorded_policy(

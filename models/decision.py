@@ -352,6 +352,10 @@ def _guarantee(policy: ThresholdPolicy, decision_set: DecisionSet | None) -> str
     return "exact" if not reasons else "approximate: " + "; ".join(reasons)
 
 
+REQUEST_FIELDS = ("threshold_policy", "alpha", "delta")
+"""What a scan asks for of its call policy (the keyword arguments of :func:`resolve_policy` a
+request may set; the rest comes from the model)."""
+
 CARD_POLICIES = ("default", "youden", "sensitivity:0.95", "specificity:0.95")
 CARD_ALPHAS = (0.02, 0.05, 0.1)
 

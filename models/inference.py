@@ -162,13 +162,6 @@ class OnnxClassifier:
                 f"{bands} bands give {ood.descriptor_length(bands)}"
             )
 
-    def ood_scores(self, descriptors: np.ndarray) -> np.ndarray | None:
-        """Out-of-distribution scores of (N, D) field descriptors
-        (:func:`models.ood.field_descriptor`); None when the model carries no guard."""
-        if self.ood_guard is None:
-            return None
-        return np.asarray(self.ood_guard.score(descriptors), dtype=np.float64)
-
     @property
     def provider(self) -> str:
         """The execution provider that actually runs this model."""

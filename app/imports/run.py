@@ -144,12 +144,7 @@ class ImportContext:
         context = runtime.worker.context
         if context.model_version_id is None:  # set together with the classifier
             raise UnavailableError("no model version is registered for the serving model")
-        defaults = PolicyDefaults.of(runtime.settings)
-        policy = {
-            "threshold_policy": defaults.threshold_policy,
-            "alpha": defaults.alpha,
-            "delta": defaults.delta,
-        }
+        policy = PolicyDefaults.of(runtime.settings).to_dict()
         check_policy(classifier, policy, from_service=list(policy))
         return cls(
             session_factory=runtime.session_factory,
