@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,17 @@ import zarr
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+import app.rescore
 from app.classifier import WellClassifier
-from app.rescore import StoredField, WellRescore, load_frame, rescore, stored_fields
+from app.rescore import (
+    PreparePool,
+    StoredField,
+    WellRescore,
+    iter_rescore,
+    load_frame,
+    rescore,
+    stored_fields,
+)
 from hardware.microscope import AcquiredField, ScanPlan, StepScanner
 from hardware.sim import SimulatedMicroscope, SimulationConfig
 from models.inference import OnnxClassifier
@@ -34,6 +45,13 @@ def _classifier(version: int) -> WellClassifier:
 @pytest.fixture(scope="module")
 def v2() -> WellClassifier:
     return _classifier(2)
+
+
+@pytest.fixture(scope="module")
+def pool(v2: WellClassifier) -> Iterator[PreparePool]:
+    """One pool for the module's tests: started once, as the service keeps one."""
+    with PreparePool(v2.config, workers=2) as prepare_pool:
+        yield prepare_pool
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +122,16 @@ def _serial(fields: list[StoredField], classifier: WellClassifier) -> dict[str, 
             frame, bit_depth = load_frame(f)
             acquired.append(
                 AcquiredField(
-                    well, f.field_index, frame, 0.0, 0.0, "40x", 1.0, None, 0.0, bit_depth  # type: ignore[arg-type]
+                    well,
+                    f.field_index,
+                    frame,
+                    0.0,
+                    0.0,
+                    "40x",
+                    1.0,
+                    datetime.now(UTC),
+                    0.0,
+                    bit_depth,
                 )
             )
         calls[well] = classifier.classify(acquired)
@@ -173,7 +200,7 @@ def test_checksum_mismatch_fails_only_its_well(
 
 
 def test_changed_chunk_fails_only_its_well(
-    stored: tuple[Session, int], v2: WellClassifier, tmp_path: Path
+    stored: tuple[Session, int], v2: WellClassifier, pool: PreparePool, tmp_path: Path
 ) -> None:
     """Overwrite the pixels of a copy of one field on disk: its recorded checksum catches it."""
     import shutil
@@ -183,10 +210,164 @@ def test_changed_chunk_fails_only_its_well(
     copy = tmp_path / "field"
     shutil.copytree(target.path, copy)
     array = zarr.open_group(str(copy), mode="r+")["s0"]
+    assert isinstance(array, zarr.Array)
     pixels = np.asarray(array[...])
     array[...] = pixels[::-1]
     fields[0] = replace(target, path=str(copy))
-    results = rescore(fields, v2, workers=2)
+    results = rescore(fields, v2, pool=pool)
     assert [r.well for r in results if r.error is not None] == ["A1"]
     assert "SHA-256" in (results[0].error or "")
     assert all(r.error is None for r in results[1:])
+
+
+def test_pool_is_reused_across_plates_and_model_versions(
+    stored: tuple[Session, int], v2: WellClassifier, pool: PreparePool
+) -> None:
+    """Two plates (halves of the scan) and another model version on one pool: no new workers."""
+    fields = stored_fields(*stored)
+    executor = pool._executor
+    assert executor is not None and pool.startup_s is not None
+    first, second = fields[:6], fields[6:]
+    for plate in (first, second):
+        _assert_same(rescore(plate, v2, pool=pool, batch_size=3), _serial(plate, v2))
+    v1 = _classifier(1)
+    assert v1.config != pool.config  # its pipeline config travels with each task
+    _assert_same(rescore(fields, v1, pool=pool, batch_size=4), _serial(fields, v1))
+    assert pool._executor is executor
+
+
+def test_iter_rescore_yields_wells_in_order_before_the_plate_is_read(
+    stored: tuple[Session, int], v2: WellClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields = stored_fields(*stored)
+    loaded: list[str] = []
+
+    def counting_load(stored_field: StoredField) -> tuple[np.ndarray, int | None]:
+        loaded.append(stored_field.well)
+        return load_frame(stored_field)
+
+    monkeypatch.setattr(app.rescore, "load_frame", counting_load)
+    results = iter_rescore(fields, v2, batch_size=2)
+    assert loaded == []  # nothing read until asked
+    first = next(results)
+    assert first.well == WELLS[0] and first.error is None
+    assert len(loaded) < len(fields)  # decided while later wells were still unread
+    rest = list(results)
+    assert [r.well for r in [first, *rest]] == WELLS
+    _assert_same([first, *rest], _serial(fields, v2))
+
+
+def test_iter_rescore_checks_its_arguments_when_called(
+    stored: tuple[Session, int], v2: WellClassifier
+) -> None:
+    fields = stored_fields(*stored)
+    with pytest.raises(ValueError, match="batch_size"):
+        iter_rescore(fields, v2, batch_size=0)
+    with pytest.raises(ValueError, match="not contiguous"):
+        iter_rescore([fields[0], fields[2], fields[1]], v2)
+
+
+def test_closing_early_leaves_the_pool_usable(
+    stored: tuple[Session, int], v2: WellClassifier, pool: PreparePool
+) -> None:
+    fields = stored_fields(*stored)
+    results = iter_rescore(fields, v2, pool=pool, batch_size=1)
+    assert next(results).well == WELLS[0]
+    results.close()  # cancels its queued tasks, returns its shared ring
+    assert pool._lent_rings == 0
+    _assert_same(rescore(fields, v2, pool=pool), _serial(fields, v2))
+
+
+def test_fields_of_an_unknown_shape_travel_pickled(
+    stored: tuple[Session, int],
+    v2: WellClassifier,
+    pool: PreparePool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model that leaves an input axis open gets no shared ring: same calls."""
+    monkeypatch.setattr(app.rescore, "_field_shape", lambda classifier: None)
+    fields = stored_fields(*stored)
+    _assert_same(rescore(fields, v2, pool=pool, batch_size=5), _serial(fields, v2))
+
+
+def test_pool_created_and_used_in_a_background_thread(
+    stored: tuple[Session, int], v2: WellClassifier
+) -> None:
+    """As the service runs re-analysis: the pool lives in a non-main thread."""
+    fields = stored_fields(*stored)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            with PreparePool(v2.config, workers=2) as thread_pool:
+                outcome["wells"] = [
+                    list(iter_rescore(plate, v2, pool=thread_pool, batch_size=3))
+                    for plate in (fields[:6], fields[6:])
+                ]
+        except BaseException as exc:  # re-raised below, in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="rescore-test")
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    plates = outcome["wells"]
+    assert isinstance(plates, list) and len(plates) == 2
+    _assert_same(plates[0] + plates[1], _serial(fields, v2))
+
+
+def test_in_process_pool_prepares_in_the_calling_thread(
+    stored: tuple[Session, int], v2: WellClassifier
+) -> None:
+    fields = stored_fields(*stored)
+    with PreparePool(v2.config, workers=1) as in_process:
+        assert in_process.in_process and in_process._executor is None
+        _assert_same(rescore(fields, v2, pool=in_process), _serial(fields, v2))
+
+
+def test_closed_pool_refuses_work(stored: tuple[Session, int], v2: WellClassifier) -> None:
+    fields = stored_fields(*stored)
+    closed = PreparePool(v2.config, workers=2)
+    closed.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rescore(fields, v2, pool=closed)
+
+
+def test_timings_are_attributed_to_wells(
+    stored: tuple[Session, int], v2: WellClassifier, pool: PreparePool
+) -> None:
+    results = rescore(stored_fields(*stored), v2, pool=pool, batch_size=4)
+    scored = [r for r in results if r.probability is not None]
+    assert scored and all(r.preprocessing_ms > 0 and r.inference_ms > 0 for r in scored)
+
+
+def test_two_threads_share_one_pool(
+    stored: tuple[Session, int], v2: WellClassifier, pool: PreparePool
+) -> None:
+    """Two re-scorings at once on one pool: each gets its own shared ring, both calls hold."""
+    fields = stored_fields(*stored)
+    outcomes: list[list[WellRescore] | BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            results: list[WellRescore] | BaseException = rescore(
+                fields, v2, pool=pool, batch_size=3
+            )
+        except BaseException as exc:  # checked below, in the test's thread
+            results = exc
+        with lock:
+            outcomes.append(results)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(outcomes) == 2
+    serial = _serial(fields, v2)
+    for outcome in outcomes:
+        assert not isinstance(outcome, BaseException), outcome
+        _assert_same(outcome, serial)
+    assert pool._lent_rings == 0
