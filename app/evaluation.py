@@ -37,6 +37,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.analyses import ModelSpec, results_for
 from app.errors import InvalidRequestError, NotFoundError
 from app.schemas.common import BARCODE_PATTERN
 from app.wells import plate_or_error, scan_or_error
@@ -52,6 +53,8 @@ from models.metrics import (
 from models.selective import clopper_pearson_upper
 from store import queries
 from store.orm import (
+    Analysis,
+    AnalysisResult,
     FctMeasurement,
     ManualCall,
     Plate,
@@ -177,9 +180,10 @@ def _latest_completed_scan(session: Session, plate: Plate) -> Scan | None:
 
 
 def _collect(
-    session: Session, plate: Plate, scan: Scan | None
+    session: Session, plate: Plate, scan: Scan | None, analysis: Analysis | None = None
 ) -> tuple[list[_WellRecord], dict[str, float]]:
-    """Wells of ``plate`` with an FCT label, their model probability and manual calls."""
+    """Wells of ``plate`` with an FCT label, their model probability (from ``scan``'s own
+    results, or from its re-analysis ``analysis``) and manual calls."""
     rows = session.execute(
         select(Well.id, Well.name, FctMeasurement.label)
         .join(FctMeasurement, FctMeasurement.well_id == Well.id)
@@ -190,12 +194,17 @@ def _collect(
         well_id: _WellRecord(plate.barcode, name, int(label == "high"))
         for well_id, name, label in rows
     }
-    if scan is not None:
-        for well_id, probability, label in session.execute(
-            select(WellResult.well_id, WellResult.probability, WellResult.label).where(
-                WellResult.scan_id == scan.id, WellResult.status == WellStatus.ok
-            )
-        ):
+    calls: Any = None
+    if analysis is not None:
+        calls = select(
+            AnalysisResult.well_id, AnalysisResult.probability, AnalysisResult.label
+        ).where(AnalysisResult.analysis_id == analysis.id, AnalysisResult.status == WellStatus.ok)
+    elif scan is not None:
+        calls = select(WellResult.well_id, WellResult.probability, WellResult.label).where(
+            WellResult.scan_id == scan.id, WellResult.status == WellStatus.ok
+        )
+    if calls is not None:
+        for well_id, probability, label in session.execute(calls):
             if well_id in records:
                 records[well_id].probability = probability
                 records[well_id].label = label
@@ -207,8 +216,9 @@ def _collect(
     return list(records.values()), seconds
 
 
-def scan_threshold(scan: Scan | None) -> float:
-    """The decision threshold ``scan`` called under (its recorded policy), else the default."""
+def scan_threshold(scan: Scan | Analysis | None) -> float:
+    """The decision threshold ``scan`` (or a re-analysis) called under (its recorded policy),
+    else the default."""
     policy = scan.decision_policy if scan is not None else None
     value = policy.get("threshold") if isinstance(policy, dict) else None
     if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
@@ -387,33 +397,49 @@ def _with_policy(report: dict[str, Any], policies: dict[str, dict[str, Any] | No
         report["calibration"]["method"] = common("calibration")
 
 
+def _analysis_of(session: Session, scan: Scan | None, spec: ModelSpec | None) -> Analysis | None:
+    """The re-analysis of ``scan`` whose calls ``spec`` selects (None: the scan's own)."""
+    if spec is None or scan is None:
+        if spec is not None:
+            raise NotFoundError(f"no completed scan to read {spec}'s calls of")
+        return None
+    analysis, _ = results_for(session, scan, spec)
+    return analysis
+
+
 def evaluate_plate(
     session: Session,
     plate: Plate,
     *,
     scan: Scan | None = None,
+    model: ModelSpec | None = None,
     threshold: float | None = None,
     resamples: int = 2000,
     prevalence: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of the plate's latest completed scan (or ``scan``) and manual calls vs FCT;
-    with ``prevalence``, also PPV and NPV where that share of wells is "high".
+    with ``prevalence``, also PPV and NPV where that share of wells is "high". ``model``: the
+    calls of that version (a re-analysis of the scan); None: the scan's own.
 
-    ``threshold`` (None: the scan's recorded decision threshold, else 0.5) applies to the
+    ``threshold`` (None: the calls' recorded decision threshold, else 0.5) applies to the
     "everything called" metrics; the selective block uses the stored labels as they are.
     """
     scan = scan or _latest_completed_scan(session, plate)
-    records, manual_seconds = _collect(session, plate, scan)
+    analysis = _analysis_of(session, scan, model)
+    records, manual_seconds = _collect(session, plate, scan, analysis)
     if not records:
         raise NothingToEvaluateError(f"plate {plate.barcode!r} has no FCT ground truth yet")
-    threshold = scan_threshold(scan) if threshold is None else threshold
+    called_by = analysis or scan
+    threshold = scan_threshold(called_by) if threshold is None else threshold
     report = _at_prevalence(
         copy.deepcopy(_cached_report(records, threshold=threshold, resamples=resamples)),
         prevalence,
     )
-    _with_policy(report, {plate.barcode: policy_summary(scan.decision_policy if scan else None)})
+    policy = called_by.decision_policy if called_by else None
+    _with_policy(report, {plate.barcode: policy_summary(policy)})
     report["plate_barcode"] = plate.barcode
     report["scan_id"] = scan.id if scan else None
+    report["analysis_id"] = analysis.id if analysis else None
     report["time_seconds"] = {
         "model_scan": (scan.finished_at - scan.started_at).total_seconds()
         if scan and scan.started_at and scan.finished_at
@@ -427,6 +453,7 @@ def evaluate_plates(
     session: Session,
     plates: Sequence[Plate],
     *,
+    model: ModelSpec | None = None,
     threshold: float | None = None,
     resamples: int = 2000,
     prevalence: float | None = None,
@@ -435,17 +462,21 @@ def evaluate_plates(
 
     ``threshold`` None: the scans' recorded decision threshold when they all share one, else
     0.5 (pooled metrics need one threshold); ``decision_thresholds`` lists each plate's.
+    ``model``: the calls of that version (each scan's re-analysis with it; a plate whose
+    latest completed scan has none is a 404 naming it).
     """
     records: list[_WellRecord] = []
     thresholds: dict[str, float] = {}
     policies: dict[str, dict[str, Any] | None] = {}
     for plate in plates:
         scan = _latest_completed_scan(session, plate)
-        plate_records, _ = _collect(session, plate, scan)
+        analysis = _analysis_of(session, scan, model) if scan is not None else None
+        plate_records, _ = _collect(session, plate, scan, analysis)
         records.extend(plate_records)
-        if scan is not None:
-            thresholds[plate.barcode] = scan_threshold(scan)
-            policies[plate.barcode] = policy_summary(scan.decision_policy)
+        called_by = analysis or scan
+        if called_by is not None:
+            thresholds[plate.barcode] = scan_threshold(called_by)
+            policies[plate.barcode] = policy_summary(called_by.decision_policy)
     if not records:
         raise NothingToEvaluateError("none of these plates has FCT ground truth")
     if threshold is None:
@@ -467,19 +498,23 @@ def evaluate_barcode(
     barcode: str,
     *,
     scan_id: int | None = None,
+    model: ModelSpec | None = None,
     resamples: int = 2000,
     prevalence: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_plate` for the plate called ``barcode`` (and one of its scans)."""
     plate = plate_or_error(session, barcode)
     scan = scan_or_error(session, plate, scan_id) if scan_id is not None else None
-    return evaluate_plate(session, plate, scan=scan, resamples=resamples, prevalence=prevalence)
+    return evaluate_plate(
+        session, plate, scan=scan, model=model, resamples=resamples, prevalence=prevalence
+    )
 
 
 def evaluate_barcodes(
     session: Session,
     barcodes: Sequence[str] | None,
     *,
+    model: ModelSpec | None = None,
     resamples: int = 2000,
     prevalence: float | None = None,
 ) -> dict[str, Any]:
@@ -491,4 +526,107 @@ def evaluate_barcodes(
             raise NotFoundError(f"no plate(s) {missing}")
     else:
         plates = queries.plates_with_fct(session)
-    return evaluate_plates(session, plates, resamples=resamples, prevalence=prevalence)
+    return evaluate_plates(session, plates, model=model, resamples=resamples, prevalence=prevalence)
+
+
+def _version_of(scan: Scan, analysis: Analysis | None) -> dict[str, Any] | None:
+    """{"name", "version"} of the model whose calls these are (None: the scan has no model)."""
+    model = analysis.model_version if analysis is not None else scan.model_version
+    return None if model is None else {"name": model.name, "version": model.version}
+
+
+def compare_versions(
+    session: Session,
+    barcode: str,
+    first: ModelSpec | None,
+    second: ModelSpec,
+    *,
+    scan_id: int | None = None,
+    resamples: int = 2000,
+) -> dict[str, Any]:
+    """Two model versions on the same wells of one scan (``first`` None: its model of record).
+
+    Each version's own report (:func:`evaluate_plate`), and the paired comparison on the wells
+    with FCT that both called (a probability, in distribution): McNemar's exact test on their
+    calls at each version's recorded decision threshold, DeLong's test on their AUCs; plus the
+    wells whose label changed between the versions, with the FCT label.
+
+    Raises NotFoundError (plate, scan, or no analysis of one version), NothingToEvaluateError.
+    """
+    plate = plate_or_error(session, barcode)
+    scan = (
+        scan_or_error(session, plate, scan_id)
+        if scan_id is not None
+        else _latest_completed_scan(session, plate)
+    )
+    if scan is None:
+        raise NotFoundError(f"plate {barcode!r} has no completed scan to compare versions on")
+    sides = []
+    for spec in (first, second):
+        analysis = _analysis_of(session, scan, spec)
+        records, _ = _collect(session, plate, scan, analysis)
+        if not records:
+            raise NothingToEvaluateError(f"plate {plate.barcode!r} has no FCT ground truth yet")
+        report = evaluate_plate(session, plate, scan=scan, model=spec, resamples=resamples)
+        sides.append((analysis, records, scan_threshold(analysis or scan), report))
+    (
+        (analysis_a, records_a, threshold_a, report_a),
+        (analysis_b, records_b, threshold_b, report_b),
+    ) = sides
+    by_well_b = {r.well: r for r in records_b}
+    both = [
+        (a, by_well_b[a.well])
+        for a in records_a
+        if a.model_called and by_well_b[a.well].model_called
+    ]
+    paired: dict[str, Any] = {"wells": len(both)}
+    if both:
+        y = np.array([a.fct for a, _ in both])
+        p_a = np.array([a.probability for a, _ in both], dtype=float)
+        p_b = np.array([b.probability for _, b in both], dtype=float)
+        test = mcnemar(y, p_a >= threshold_a, p_b >= threshold_b)
+        paired["accuracy_a"] = float(np.mean((p_a >= threshold_a) == y))
+        paired["accuracy_b"] = float(np.mean((p_b >= threshold_b) == y))
+        paired["mcnemar"] = {
+            "a_only_correct": test.only_a_correct,
+            "b_only_correct": test.only_b_correct,
+            "p_value": test.p_value,
+        }
+        try:
+            auc = delong(y, p_a, p_b)
+            paired["delong"] = {
+                "auc_a": auc.auc_a,
+                "auc_b": auc.auc_b,
+                "difference": auc.difference,
+                "ci95": list(auc.ci95),
+                "p_value": auc.p_value,
+            }
+        except ValueError as exc:  # too few wells of one class
+            paired["delong"] = {"error": str(exc)}
+    changed = [
+        {"well": a.well, "a": a.label, "b": by_well_b[a.well].label, "fct": HIGH if a.fct else LOW}
+        for a in records_a
+        if a.label != by_well_b[a.well].label
+    ]
+    return dict(
+        json_safe(
+            {
+                "plate_barcode": plate.barcode,
+                "scan_id": scan.id,
+                "a": {
+                    "model": _version_of(scan, analysis_a),
+                    "analysis_id": analysis_a.id if analysis_a else None,
+                    "threshold": threshold_a,
+                    "report": report_a,
+                },
+                "b": {
+                    "model": _version_of(scan, analysis_b),
+                    "analysis_id": analysis_b.id if analysis_b else None,
+                    "threshold": threshold_b,
+                    "report": report_b,
+                },
+                "paired": paired,
+                "labels_changed": changed,
+            }
+        )
+    )

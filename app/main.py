@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         if settings.worker_enabled:
             runtime.worker.start()
+            runtime.analyses.start()
         if settings.training_enabled:
             runtime.training.start()
         try:

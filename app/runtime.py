@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
 from app import model_registry
+from app.analyses import ClassifierCache
+from app.analysis_worker import AnalysisContext, AnalysisWorker
 from app.auth import KeyCache
 from app.classifier import WellClassifier
 from app.errors import ConflictError, InvalidRequestError, NotFoundError, UnavailableError
@@ -62,6 +64,7 @@ class Runtime:
     bit_depth: int | None  # of the instrument's stored frames (serving_bit_depth)
     worker: ScanWorker
     training: TrainingRunQueue  # retraining runs: queue, dispatcher, reaper
+    analyses: AnalysisWorker  # re-analyses of stored scans with other model versions
 
     def __post_init__(self) -> None:
         self._model_lock = threading.Lock()
@@ -126,8 +129,14 @@ class Runtime:
         logger.info("model %s v%d activated (was %s)", name, version, previous)
         return Activation(row, previous)
 
+    @property
+    def classifiers(self) -> ClassifierCache:
+        """The re-analyses' loaded model versions (not the serving one)."""
+        return self.analyses.context.classifiers
+
     def close(self) -> None:
         self.training.stop()
+        self.analyses.stop()
         self.worker.stop()
         self.engine.dispose()
 
@@ -274,6 +283,34 @@ def build_runtime(settings: Settings) -> Runtime:
             context, poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds
         ),
         training=TrainingRunQueue(settings, session_factory),
+        analyses=build_analysis_worker(settings, session_factory, repository),
     )
     runtime.serving = (model_row.name, model_row.version) if model_row else None
     return runtime
+
+
+def build_analysis_worker(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    repository: ModelRepository,
+    *,
+    prepare_workers: int | None = None,
+) -> AnalysisWorker:
+    """The re-analysis worker of this service or command (``prepare_workers``: processes
+    preparing fields; None: MSCREEN_REANALYSIS_WORKERS)."""
+    workers = settings.reanalysis_workers if prepare_workers is None else prepare_workers
+    # With a prepare pool, onnxruntime's own thread pool would fight the pool's processes for
+    # the same cores (measured: 100 vs 116 fields/s on 2 cores): one inference thread.
+    threads = 1 if workers > 1 else settings.inference_threads
+    context = AnalysisContext(
+        session_factory=session_factory,
+        repository=repository,
+        classifiers=ClassifierCache(providers=settings.onnx_provider, intra_op_threads=threads),
+        bit_depth=serving_bit_depth(settings),
+        prepare_workers=workers,
+        batch_size=settings.reanalysis_batch_size,
+        write_plate_results=settings.plate_results,
+    )
+    return AnalysisWorker(
+        context, poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds
+    )

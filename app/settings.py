@@ -83,6 +83,24 @@ class Settings(StoreSettings):
     )
     worker_enabled: bool = True
     worker_poll_seconds: float = Field(default=0.5, gt=0)
+    reanalysis_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Processes the service's re-analysis worker prepares stored fields in "
+        "(0 or 1: in its own thread, leaving the other cores to scans and requests).",
+    )
+    plate_results: bool = Field(
+        default=True,
+        description="Write the calls into each finished scan's OME-Zarr plate (per-field label "
+        "images, per-well attributes, a plate table) so napari shows them with the images.",
+    )
+    reanalysis_batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Fields per onnxruntime batch when re-analysing stored plates.",
+    )
     auto_migrate: bool = Field(
         default=True, description="Run `alembic upgrade head` when the service starts."
     )

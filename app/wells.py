@@ -10,11 +10,14 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.analyses import ModelSpec, results_for
 from app.errors import ConflictError, GoneError, InvalidRequestError, NotFoundError
+from app.schemas.analyses import AnalysisPublic
 from app.schemas.common import QcFlag
 from app.schemas.plates import (
     ConfirmCounts,
@@ -30,7 +33,7 @@ from app.schemas.scans import ScanPublic
 from hardware.plate import WellNameError, plate_geometry
 from store import queries
 from store.images import CorruptImageError, ImageStore
-from store.orm import Plate, Scan, WellResult, WellStatus
+from store.orm import Analysis, AnalysisResult, Plate, Scan, WellResult, WellStatus
 
 
 def plate_or_error(session: Session, barcode: str) -> Plate:
@@ -58,11 +61,20 @@ class PlateWells:
     plate: Plate
     scan: Scan
     wells: list[WellResultPublic]
+    analysis: Analysis | None = None  # the re-analysis the calls come from (None: the scan's)
 
     def public(self) -> PlateWellsPublic:
         return PlateWellsPublic(
-            plate_barcode=self.plate.barcode, scan=ScanPublic.of(self.scan), wells=self.wells
+            plate_barcode=self.plate.barcode,
+            scan=ScanPublic.of(self.scan),
+            analysis=AnalysisPublic.of(self.analysis) if self.analysis else None,
+            wells=self.wells,
         )
+
+    @property
+    def decision_policy(self) -> dict[str, Any] | None:
+        """The policy the calls were made under (the analysis's, else the scan's)."""
+        return (self.analysis or self.scan).decision_policy
 
 
 def plate_wells(
@@ -70,31 +82,36 @@ def plate_wells(
     barcode: str,
     *,
     scan_id: int | None = None,
+    model: ModelSpec | None = None,
     label: str | None = None,
     qc_flag: QcFlag | None = None,
 ) -> PlateWells:
-    """The calls of the latest (or a given) scan, optionally only one label or QC flag; each
-    well with its stored images' checksums (all loaded in one query)."""
+    """The calls of the latest (or a given) scan by its model of record, or by ``model`` (a
+    re-analysis of it), optionally only one label or QC flag; each well with its stored
+    images' checksums (all loaded in one query)."""
     plate = plate_or_error(session, barcode)
     scan = scan_or_error(session, plate, scan_id)
+    analysis, results = results_for(session, scan, model)
     images = queries.images_by_well(session, scan.id)
-    wells = [
-        WellResultPublic.of(r, images.get(r.well_id, ()))
-        for r in queries.scan_results(session, scan)
-    ]
+    wells = [WellResultPublic.of(r, images.get(r.well_id, ())) for r in results]
     if label is not None:
         wells = [w for w in wells if w.label == label]
     if qc_flag is not None:
         wells = [w for w in wells if qc_flag in w.qc_flags]
-    return PlateWells(plate, scan, wells)
+    return PlateWells(plate, scan, wells, analysis)
+
+
+def _well_name(plate: Plate, well: str) -> str:
+    try:
+        return plate_geometry(plate.plate_type).normalise(well)
+    except WellNameError as exc:
+        raise InvalidRequestError(str(exc)) from exc
 
 
 def well_result(session: Session, barcode: str, well: str, scan_id: int | None) -> WellResult:
+    """The scan's own result of one well (the one its stored fields belong to)."""
     plate = plate_or_error(session, barcode)
-    try:
-        name = plate_geometry(plate.plate_type).normalise(well)
-    except WellNameError as exc:
-        raise InvalidRequestError(str(exc)) from exc
+    name = _well_name(plate, well)
     scan = scan_or_error(session, plate, scan_id)
     result = queries.well_result(session, scan, name)
     if result is None:
@@ -102,9 +119,27 @@ def well_result(session: Session, barcode: str, well: str, scan_id: int | None) 
     return result
 
 
-def well_public(session: Session, barcode: str, well: str, scan_id: int | None) -> WellResultPublic:
-    """One well's result as the API shows it, with its stored images' checksums."""
-    result = well_result(session, barcode, well, scan_id)
+def well_public(
+    session: Session,
+    barcode: str,
+    well: str,
+    scan_id: int | None,
+    model: ModelSpec | None = None,
+) -> WellResultPublic:
+    """One well's result as the API shows it (by the scan's model of record, or ``model``),
+    with its stored images' checksums."""
+    result: WellResult | AnalysisResult = well_result(session, barcode, well, scan_id)
+    if model is not None:
+        scan = session.get_one(Scan, result.scan_id)
+        analysis, results = results_for(session, scan, model)
+        if analysis is not None:
+            found = next((r for r in results if r.well_id == result.well_id), None)
+            if found is None:
+                raise NotFoundError(
+                    f"well {result.well.name} has no result in analysis {analysis.id} "
+                    f"({model}, {analysis.status.value})"
+                )
+            result = found
     images = queries.images_by_well(session, result.scan_id, [result.well_id])
     return WellResultPublic.of(result, images.get(result.well_id, ()))
 
@@ -244,7 +279,13 @@ def _confirm_reason(result: WellResultPublic) -> str | None:
     return f"excluded by QC ({flags}): re-image the well or confirm by FCT"
 
 
-def confirm_list(session: Session, barcode: str, *, scan_id: int | None = None) -> ConfirmList:
+def confirm_list(
+    session: Session,
+    barcode: str,
+    *,
+    scan_id: int | None = None,
+    model: ModelSpec | None = None,
+) -> ConfirmList:
     """The wells of the latest (or a given) scan that the model did not call, for FCT.
 
     Listed: "uncertain" (not called at the scan's alpha) and "no call" (out of distribution),
@@ -252,7 +293,7 @@ def confirm_list(session: Session, barcode: str, *, scan_id: int | None = None) 
     failed: for the lab they are as undecided as the others, and leaving them out would let
     a well drop out of both the calls and the list. Every result is counted.
     """
-    found = plate_wells(session, barcode, scan_id=scan_id)
+    found = plate_wells(session, barcode, scan_id=scan_id, model=model)
     listed: list[ConfirmWellPublic] = []
     for r in found.wells:
         reason = _confirm_reason(r)
@@ -286,7 +327,8 @@ def confirm_list(session: Session, barcode: str, *, scan_id: int | None = None) 
         plate_barcode=found.plate.barcode,
         scan_id=found.scan.id,
         scan_status=found.scan.status,
-        decision_policy=found.scan.decision_policy,
+        analysis_id=found.analysis.id if found.analysis else None,
+        decision_policy=found.decision_policy,
         counts=counts,
         wells=listed,
     )

@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from app.errors import ServiceError
-from cli import admin, importing, models, scan, sim, train
+from cli import admin, importing, models, reanalyse, scan, sim, train
 from cli.common import UserError
 from hardware.plate import WellNameError
 from migrations import DatabaseNotReadyError
@@ -34,6 +34,7 @@ cli = typer.Typer(
 cli.command()(scan.serve)
 cli.command()(scan.scan)
 cli.command()(scan.results)
+cli.command()(reanalyse.reanalyse)
 cli.command(name="import")(importing.import_plate)
 cli.command()(train.train)
 cli.command(

@@ -247,11 +247,21 @@ def results(
     csv_output: Annotated[
         bool, typer.Option("--csv", help="Print CSV instead of the map.")
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="The calls of this version, NAME:VERSION (a re-analysis: mscreen reanalyse); "
+            "default: the scan's own.",
+        ),
+    ] = None,
     server: Annotated[str | None, typer.Option(help="URL of a running service.")] = None,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Print the latest per-well calls of a plate."""
     from app import wells
+    from app.analyses import ModelSpec
     from app.errors import NotFoundError
     from app.schemas.plates import PlateWellsPublic
     from cli.platemap import render_plate_map
@@ -259,22 +269,33 @@ def results(
 
     if server:
         with client(server, api_key) as http:
-            response = http.get(f"/api/v1/plates/{plate}/wells")
+            params = {"model": model} if model else {}
+            response = http.get(f"/api/v1/plates/{plate}/wells", params=params)
             raise_for_api(response)
             plate_wells = PlateWellsPublic.model_validate(response.json())
     else:
+        spec = ModelSpec.parse(model) if model else None
         with database() as factory, session_scope(factory) as session:
             try:
-                plate_wells = wells.plate_wells(session, plate).public()
-            except NotFoundError:
+                plate_wells = wells.plate_wells(session, plate, model=spec).public()
+            except NotFoundError as exc:
+                if spec is not None:
+                    raise UserError(str(exc)) from None
                 raise UserError(
                     f"no results for plate {plate!r} in {get_settings().resolved_database_url}"
                 ) from None
     if csv_output:
         typer.echo(wells.results_csv(plate_wells.wells), nl=False)
     else:
+        analysis = plate_wells.analysis
+        by = (
+            f", re-analysed with {analysis.model.name} v{analysis.model.version} "
+            f"({analysis.status.value})"
+            if analysis
+            else ""
+        )
         typer.echo(
             f"plate {plate_wells.plate_barcode}, scan {plate_wells.scan.id} "
-            f"({plate_wells.scan.status.value})"
+            f"({plate_wells.scan.status.value}){by}"
         )
         typer.echo(render_plate_map(plate_wells.wells, color=sys.stdout.isatty()))

@@ -217,18 +217,10 @@ class Image(Base):
     ood_score: Mapped[float | None] = mapped_column(Float)
 
 
-class WellResult(Base):
-    __tablename__ = "well_results"
-    __table_args__ = (
-        UniqueConstraint("scan_id", "well_id"),
-        CheckConstraint(
-            "probability IS NULL OR (probability >= 0 AND probability <= 1)", name="probability"
-        ),
-    )
+class CallColumns:
+    """A well's call as the model of a scan or of a re-analysis made it: the columns
+    :class:`WellResult` and :class:`AnalysisResult` share (a mixin: each table has its own)."""
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
-    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"), index=True)
     status: Mapped[WellStatus] = mapped_column(
         Enum(WellStatus, name="well_status", native_enum=False, length=16)
     )
@@ -247,18 +239,99 @@ class WellResult(Base):
     qc_flags: Mapped[list[str]] = mapped_column(JSON)
     fields_used: Mapped[int] = mapped_column(Integer, default=0)
     confluence_pct: Mapped[float | None] = mapped_column(Float)
-    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     error: Mapped[str | None] = mapped_column(Text)
-    acquisition_ms: Mapped[float] = mapped_column(Float, default=0.0)
     preprocessing_ms: Mapped[float] = mapped_column(Float, default=0.0)
     inference_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WellResult(CallColumns, Base):
+    """A well's call in its scan, by the model that classified it during the scan."""
+
+    __tablename__ = "well_results"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "well_id"),
+        CheckConstraint(
+            "probability IS NULL OR (probability >= 0 AND probability <= 1)", name="probability"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    acquisition_ms: Mapped[float] = mapped_column(Float, default=0.0)
     # Instrument time of the well's fields (moves, focus, exposure, readout); None: not reported.
     instrument_ms: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     scan: Mapped[Scan] = relationship(back_populates="results")
     well: Mapped[Well] = relationship()
     model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class Analysis(Base):
+    """A re-analysis: a scan's stored fields re-scored with another model version (issue 16).
+
+    One per (scan, model version): asking again returns it (or resumes it when it failed or
+    was cancelled). Claimed and leased by a worker exactly like a scan (``lease_owner``,
+    ``lease_expires_at``), so a killed re-analysis resumes from its first well without a result.
+    """
+
+    __tablename__ = "analyses"
+    __table_args__ = (UniqueConstraint("scan_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    status: Mapped[ScanStatus] = mapped_column(
+        Enum(ScanStatus, name="analysis_status", native_enum=False, length=16),
+        default=ScanStatus.queued,
+        index=True,
+    )
+    wells_total: Mapped[int] = mapped_column(Integer)
+    wells_done: Mapped[int] = mapped_column(Integer, default=0)
+    # As Scan.decision_policy: what was asked at creation, resolved against the analysis's
+    # model when it starts.
+    decision_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    # Fields scored and compute seconds of the runs so far (throughput: fields / seconds).
+    fields_scored: Mapped[int] = mapped_column(Integer, default=0)
+    compute_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+    scan: Mapped[Scan] = relationship()
+    model_version: Mapped[ModelVersion] = relationship()
+
+
+class AnalysisResult(CallColumns, Base):
+    """A well's call in a re-analysis; ``scan_id`` and ``model_version_id`` repeat the
+    analysis's, so the results of any version of a scan read like :class:`WellResult` rows."""
+
+    __tablename__ = "analysis_results"
+    __table_args__ = (
+        UniqueConstraint("analysis_id", "well_id"),
+        CheckConstraint(
+            "probability IS NULL OR (probability >= 0 AND probability <= 1)", name="probability"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(
+        ForeignKey("analyses.id", ondelete="CASCADE"), index=True
+    )
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # P(high) of each stored field, in field order (None: QC excluded it).
+    field_probabilities: Mapped[list[float | None]] = mapped_column(JSON)
+
+    well: Mapped[Well] = relationship()
+    model_version: Mapped[ModelVersion] = relationship()
 
 
 # Loaded with the scan in the same SELECT (a listing page is one query, not one per scan); a

@@ -240,7 +240,9 @@ def test_an_old_scan_gives_the_old_report_plus_the_new_blocks(factory) -> None:
     )
     old_keys = {"wells_with_fct", "wells_called", "model", "manual", "model_vs_manual"}
     old_keys |= {"plate_barcode", "scan_id", "time_seconds"}
-    assert set(report) == old_keys | {"wells_no_call", "calibration", "selective"}
+    # analysis_id (issue 16): None, the scan's own calls.
+    assert set(report) == old_keys | {"wells_no_call", "calibration", "selective", "analysis_id"}
+    assert report["analysis_id"] is None
     counts = (report["wells_with_fct"], report["wells_called"], report["wells_no_call"])
     assert counts == (12, 12, 0)
     assert report["time_seconds"] == {"model_scan": 90.0, "manual": {}}

@@ -81,6 +81,21 @@ ErrorBody.model_rebuild()
 
 # The share of "high" wells at which to report PPV and NPV besides the plate's own (a lab's
 # plates are mostly high: most expanded MSC lots pass the ISCT criterion).
+# NAME:VERSION of a model version (the repository's name rule, a version of at most 10 digits;
+# app.analyses.ModelSpec checks that it fits an id).
+MODEL_SPEC_PATTERN = MODEL_NAME_PATTERN.removesuffix("$") + r":[1-9][0-9]{0,9}$"
+ModelQuery = Annotated[
+    str | None,
+    Query(
+        pattern=MODEL_SPEC_PATTERN,
+        max_length=75,
+        description="The calls of this model version, NAME:VERSION (e.g. hscnn-sim:1): a "
+        "re-analysis of the scan (POST /api/v1/scans/{id}/analyses); default: the scan's own "
+        "calls, by its model of record.",
+        examples=["hscnn-sim:1"],
+    ),
+]
+
 PrevalenceQuery = Annotated[
     float | None,
     Query(

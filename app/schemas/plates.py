@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.schemas.analyses import AnalysisPublic
 from app.schemas.scans import ModelRef, ScanPublic
 from hardware.plate import plate_geometry
-from store.orm import Image, Plate, Scan, ScanStatus, WellResult, WellStatus
+from store.orm import AnalysisResult, Image, Plate, Scan, ScanStatus, WellResult, WellStatus
 
 
 class ImagePublic(BaseModel):
@@ -109,12 +110,32 @@ class WellResultPublic(BaseModel):
     images: list[ImagePublic] = Field(
         default_factory=list, description="The well's stored fields, in field order"
     )
+    analysis_id: int | None = Field(
+        None,
+        description="The re-analysis this call comes from (?model= another version than the "
+        "scan's); null: the scan's own call, by the model that classified it during the scan",
+    )
+    field_probabilities: list[float | None] | None = Field(
+        None,
+        description="A re-analysis's P(high) of each stored field, in field order (null: QC "
+        "excluded the field); null for the scan's own calls (see images)",
+    )
 
     @classmethod
-    def of(cls, result: WellResult, images: Sequence[Image] = ()) -> WellResultPublic:
+    def of(
+        cls, result: WellResult | AnalysisResult, images: Sequence[Image] = ()
+    ) -> WellResultPublic:
         """``images``: the well's stored fields (queried by the caller, in one query for a
-        whole plate; see store.queries.images_by_well)."""
+        whole plate; see store.queries.images_by_well). A re-analysis's result has no
+        acquisition of its own: its acquisition and instrument times are the scan's concern
+        (0 and null here)."""
         model = result.model_version
+        if isinstance(result, WellResult):
+            acquisition_ms, instrument_ms = result.acquisition_ms, result.instrument_ms
+            analysis_id, field_probabilities = None, None
+        else:
+            acquisition_ms, instrument_ms = 0.0, None
+            analysis_id, field_probabilities = result.analysis_id, list(result.field_probabilities)
         return cls(
             well=result.well.name,
             row=result.well.row,
@@ -133,17 +154,24 @@ class WellResultPublic(BaseModel):
             model=ModelRef(name=model.name, version=model.version) if model else None,
             scan_id=result.scan_id,
             error=result.error,
-            acquisition_ms=result.acquisition_ms,
+            acquisition_ms=acquisition_ms,
             preprocessing_ms=result.preprocessing_ms,
             inference_ms=result.inference_ms,
-            instrument_ms=result.instrument_ms,
+            instrument_ms=instrument_ms,
             images=[ImagePublic.of(image) for image in images],
+            analysis_id=analysis_id,
+            field_probabilities=field_probabilities,
         )
 
 
 class PlateWellsPublic(BaseModel):
     plate_barcode: str
     scan: ScanPublic
+    analysis: AnalysisPublic | None = Field(
+        None,
+        description="The re-analysis the calls come from (?model= another version than the "
+        "scan's model of record), with its status and progress; null: the scan's own calls",
+    )
     wells: list[WellResultPublic]
 
 
@@ -182,8 +210,11 @@ class ConfirmListPublic(BaseModel):
     plate_barcode: str
     scan_id: int
     scan_status: ScanStatus
+    analysis_id: int | None = Field(
+        None, description="The re-analysis the calls come from (?model=); null: the scan's own"
+    )
     decision_policy: dict[str, Any] | None = Field(
-        description="The scan's call policy (ScanPublic.decision_policy)"
+        description="The call policy (ScanPublic.decision_policy, or the re-analysis's)"
     )
     counts: ConfirmCounts
     wells: list[ConfirmWellPublic] = Field(description="In plate order")

@@ -15,27 +15,11 @@ from models.decision import ThresholdPolicy
 from store.orm import Scan, ScanStatus
 
 
-class ScanCreate(BaseModel):
+class CallPolicyRequest(BaseModel):
+    """How wells are to be called (issue 15): the fields a scan and a re-analysis share."""
+
     # strict: JSON's true is not the integer 1, nor "2" the integer 2.
     model_config = ConfigDict(extra="forbid", strict=True)
-
-    plate_barcode: str = Field(pattern=BARCODE_PATTERN, examples=["MSC-2026-0001"])
-    objective: Literal["40x", "100x"] = "40x"
-    fields_per_well: int = Field(default=1, ge=1, le=25)
-    wells: list[Annotated[str, Field(pattern=WELL_PATTERN)]] | None = Field(
-        default=None,
-        description="Wells to scan (e.g. ['A1', 'B7']); default: all wells of the plate.",
-        min_length=1,
-        max_length=MAX_WELLS,
-    )
-    plate_plan: dict[str, Any] | None = Field(
-        default=None,
-        description=(
-            "A useq-schema WellPlatePlan (its JSON): plate type, A1's stage centre (um), "
-            "rotation, selected wells and the points in each well. Replaces wells and "
-            "fields_per_well; the plate is then of the plan's type."
-        ),
-    )
 
     threshold_policy: str | None = Field(
         default=None,
@@ -69,6 +53,28 @@ class ScanCreate(BaseModel):
         """Spelled one way (``YOUDEN`` and ``youden`` are one request); ValueError (a 422)
         naming the accepted forms."""
         return None if value is None else str(ThresholdPolicy.parse(value))
+
+
+class ScanCreate(CallPolicyRequest):
+    """A scan to queue: the plate, what to acquire, and how to call its wells."""
+
+    plate_barcode: str = Field(pattern=BARCODE_PATTERN, examples=["MSC-2026-0001"])
+    objective: Literal["40x", "100x"] = "40x"
+    fields_per_well: int = Field(default=1, ge=1, le=25)
+    wells: list[Annotated[str, Field(pattern=WELL_PATTERN)]] | None = Field(
+        default=None,
+        description="Wells to scan (e.g. ['A1', 'B7']); default: all wells of the plate.",
+        min_length=1,
+        max_length=MAX_WELLS,
+    )
+    plate_plan: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "A useq-schema WellPlatePlan (its JSON): plate type, A1's stage centre (um), "
+            "rotation, selected wells and the points in each well. Replaces wells and "
+            "fields_per_well; the plate is then of the plan's type."
+        ),
+    )
 
     @field_validator("plate_plan")
     @classmethod

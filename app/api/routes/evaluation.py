@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from app.analyses import ModelSpec
 from app.api.deps import SessionDep, Viewer
 from app.evaluation import MAX_POOLED_PLATES, MAX_RESAMPLES, evaluate_barcodes, parse_barcodes
-from app.schemas.common import PrevalenceQuery
+from app.schemas.common import ModelQuery, PrevalenceQuery
 
 router = APIRouter(tags=["evaluation"])
 
@@ -29,6 +30,7 @@ def pooled_evaluation(
         int, Query(ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples for the CIs.")
     ] = 2000,
     prevalence: PrevalenceQuery = None,
+    model: ModelQuery = None,
 ) -> dict[str, Any]:
     """Model (and manual) vs FCT over the wells of several plates (latest completed scans).
 
@@ -37,8 +39,13 @@ def pooled_evaluation(
     wells left out and counted in ``wells_no_call``. ``calibration``: ECE and reliability table
     of P(high) over those wells. ``selective``: the high/low/uncertain/no-call labels a lab acts
     on: coverage, error among the called wells, share sent to FCT, the policy. With
-    ``prevalence``, PPV and NPV at that share of high wells too. Reports are cached until a scan
-    result, FCT or manual call of those plates changes."""
+    ``prevalence``, PPV and NPV at that share of high wells too. With ``model``, that version's
+    calls (each scan's re-analysis with it). Reports are cached until a scan result, FCT or
+    manual call of those plates changes."""
     return evaluate_barcodes(
-        session, parse_barcodes(plates), resamples=resamples, prevalence=prevalence
+        session,
+        parse_barcodes(plates),
+        model=None if model is None else ModelSpec.parse(model),
+        resamples=resamples,
+        prevalence=prevalence,
     )

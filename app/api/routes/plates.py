@@ -9,13 +9,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from app import wells
+from app.analyses import ModelSpec
 from app.api.deps import RuntimeDep, SessionDep, Viewer
-from app.evaluation import MAX_RESAMPLES, evaluate_barcode
+from app.evaluation import MAX_RESAMPLES, compare_versions, evaluate_barcode
 from app.overlay import image_png, overlay_png
 from app.schemas import common
 from app.schemas.common import (
     BARCODE_PATTERN,
     BarcodePath,
+    ModelQuery,
     QcFlag,
     ScanIdQuery,
     WellPath,
@@ -30,6 +32,19 @@ from app.schemas.plates import (
 from app.schemas.scans import LimitQuery, OffsetQuery
 
 router = APIRouter(prefix="/plates", tags=["plates"])
+
+
+def _spec(model: str | None) -> ModelSpec | None:
+    return None if model is None else ModelSpec.parse(model)
+
+
+def _suffix(model: str | None) -> str:
+    """The model's part of a download's file name (``-hscnn-sim-v1``; "" for the scan's own)."""
+    if model is None:
+        return ""
+    spec = ModelSpec.parse(model)
+    return f"-{spec.name}-v{spec.version}"
+
 
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
@@ -66,13 +81,16 @@ def plate_wells(
         ),
     ] = None,
     qc_flag: Annotated[QcFlag | None, Query(description="Only wells with this QC flag.")] = None,
+    model: ModelQuery = None,
     format: Annotated[Literal["json", "csv"], Query(description="csv: a download.")] = "json",
 ) -> Any:
     """Per-well call (high, low, uncertain, no call), probability, why and QC flags of the
-    latest (or a given) scan."""
-    found = wells.plate_wells(session, barcode, scan_id=scan_id, label=label, qc_flag=qc_flag)
+    latest (or a given) scan, by its model of record or (``model``) a re-analysis of it."""
+    found = wells.plate_wells(
+        session, barcode, scan_id=scan_id, model=_spec(model), label=label, qc_flag=qc_flag
+    )
     if format == "csv":
-        filename = f"{found.plate.barcode}-scan{found.scan.id}.csv"
+        filename = f"{found.plate.barcode}-scan{found.scan.id}{_suffix(model)}.csv"
         return Response(
             wells.results_csv(found.wells),
             media_type="text/csv",
@@ -87,15 +105,16 @@ def confirm_list(
     session: SessionDep,
     _: Viewer,
     scan_id: ScanIdQuery = None,
+    model: ModelQuery = None,
     format: Annotated[Literal["json", "csv"], Query(description="csv: a download.")] = "json",
 ) -> Any:
     """The wells to confirm by flow cytometry in the latest (or a given) scan: uncertain (not
     called at the scan's alpha), no call (out of distribution), and those without a call
     because QC excluded every field or the acquisition failed; each with why, P(high) and
     its leaning. With the counts (total, called, uncertain, no call, ...) of the whole scan."""
-    found = wells.confirm_list(session, barcode, scan_id=scan_id)
+    found = wells.confirm_list(session, barcode, scan_id=scan_id, model=_spec(model))
     if format == "csv":
-        filename = f"{found.plate.barcode}-scan{found.scan.id}-confirm.csv"
+        filename = f"{found.plate.barcode}-scan{found.scan.id}{_suffix(model)}-confirm.csv"
         return Response(
             wells.confirm_csv(found.public.wells),
             media_type="text/csv",
@@ -111,9 +130,11 @@ def plate_well(
     session: SessionDep,
     _: Viewer,
     scan_id: ScanIdQuery = None,
+    model: ModelQuery = None,
 ) -> WellResultPublic:
-    """One well's call in the latest (or a given) scan, with its images' SHA-256."""
-    return wells.well_public(session, barcode, well, scan_id)
+    """One well's call in the latest (or a given) scan (by its model of record, or ``model``),
+    with its images' SHA-256."""
+    return wells.well_public(session, barcode, well, scan_id, _spec(model))
 
 
 # A scan takes at most 25 fields per well (ScanCreate.fields_per_well), indexed from 0.
@@ -168,11 +189,47 @@ def plate_evaluation(
         int, Query(ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples for the CIs.")
     ] = 2000,
     prevalence: common.PrevalenceQuery = None,
+    model: ModelQuery = None,
 ) -> dict[str, Any]:
     """The seven metrics with 95 % CIs and ROC points, model vs FCT (and manual vs FCT, with
     McNemar and DeLong tests, when manual calls exist), and time per plate; with
-    ``prevalence``, PPV and NPV at that share of high wells too. Cached until a scan result,
-    FCT or manual call of the plate changes."""
+    ``prevalence``, PPV and NPV at that share of high wells too; with ``model``, of that
+    version's calls (a re-analysis of the scan). Cached until a scan result, FCT or manual
+    call of the plate changes."""
     return evaluate_barcode(
-        session, barcode, scan_id=scan_id, resamples=resamples, prevalence=prevalence
+        session,
+        barcode,
+        scan_id=scan_id,
+        model=_spec(model),
+        resamples=resamples,
+        prevalence=prevalence,
+    )
+
+
+@router.get("/{barcode}/comparison")
+def version_comparison(
+    barcode: common.BarcodePath,
+    session: SessionDep,
+    _: Viewer,
+    b: Annotated[
+        str,
+        Query(
+            pattern=common.MODEL_SPEC_PATTERN,
+            max_length=75,
+            description="The version to compare, NAME:VERSION (a re-analysis of the scan).",
+            examples=["hscnn-sim:1"],
+        ),
+    ],
+    a: ModelQuery = None,
+    scan_id: common.ScanIdQuery = None,
+    resamples: Annotated[
+        int, Query(ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples for the CIs.")
+    ] = 2000,
+) -> dict[str, Any]:
+    """Two model versions on the same wells of the latest completed (or a given) scan, against
+    FCT: each version's report, and the paired tests on the wells both called (McNemar's exact
+    test on the calls, DeLong's on the AUCs), with the wells whose label changed. ``a``
+    defaults to the scan's model of record."""
+    return compare_versions(
+        session, barcode, _spec(a), ModelSpec.parse(b), scan_id=scan_id, resamples=resamples
     )

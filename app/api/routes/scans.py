@@ -9,11 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app import scans
+from app import analyses, scans
 from app.api.deps import Operator, RuntimeDep, SessionDep, Viewer
+from app.schemas.analyses import AnalysisCreate, AnalysisPublic
 from app.schemas.common import BARCODE_PATTERN, MAX_ID, ScanIdPath
 from app.schemas.scans import LimitQuery, OffsetQuery, ScanCreate, ScanPage, ScanPublic
 from store.orm import ScanStatus
@@ -87,6 +88,71 @@ def cancel(scan_id: ScanIdPath, session: SessionDep, caller: Operator) -> ScanPu
     """Cancel a queued or running scan. Wells already committed stay; the well being imaged is
     dropped, so ``wells_done`` in the answer is final."""
     return ScanPublic.of(scans.cancel(session, scan_id, actor=caller.name))
+
+
+AnalysisIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Analysis id.")]
+
+
+@router.post(
+    "/{scan_id}/analyses",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=AnalysisPublic,
+    responses={200: {"model": AnalysisPublic, "description": "The existing analysis"}},
+)
+def start_analysis(
+    scan_id: ScanIdPath,
+    body: AnalysisCreate,
+    response: Response,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    caller: Operator,
+) -> AnalysisPublic:
+    """Re-score a finished scan's stored fields with another model version; its calls are kept
+    beside the scan's own (read them with ``?model=NAME:VERSION`` on the plate's well queries).
+
+    One analysis per scan and version: asking again answers 200 with the existing one, and
+    re-queues it (202) if it failed or was cancelled; it then resumes from its first well
+    without a result. The call policy fields left unset are the scan's own request; they are
+    checked against that version's model now (409 when it lacks a decision set). 409 also when
+    the scan is not finished, was itself called by that version, or the version failed its
+    parity check; 404 for an unknown scan or version."""
+    analysis, queued = analyses.request_analysis(
+        session,
+        scan_id,
+        analyses.ModelSpec(body.model, body.version),
+        repository=runtime.model_repository,
+        classifiers=runtime.classifiers,
+        requested_by=caller.name,
+        policy=body.model_dump(include={"threshold_policy", "alpha", "delta"}),
+    )
+    if not queued:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/api/v1/scans/{scan_id}/analyses/{analysis.id}"
+    return AnalysisPublic.of(analysis)
+
+
+@router.get("/{scan_id}/analyses", response_model=list[AnalysisPublic])
+def list_analyses(scan_id: ScanIdPath, session: SessionDep, _: Viewer) -> list[AnalysisPublic]:
+    """The re-analyses of a scan, oldest first, each with its status and progress."""
+    return [AnalysisPublic.of(a) for a in analyses.list_analyses(session, scan_id)]
+
+
+@router.get("/{scan_id}/analyses/{analysis_id}", response_model=AnalysisPublic)
+def get_analysis(
+    scan_id: ScanIdPath, analysis_id: AnalysisIdPath, session: SessionDep, _: Viewer
+) -> AnalysisPublic:
+    """Status and progress of one re-analysis."""
+    return AnalysisPublic.of(analyses.analysis_or_error(session, scan_id, analysis_id))
+
+
+@router.post("/{scan_id}/analyses/{analysis_id}/cancel", response_model=AnalysisPublic)
+def cancel_analysis(
+    scan_id: ScanIdPath, analysis_id: AnalysisIdPath, session: SessionDep, caller: Operator
+) -> AnalysisPublic:
+    """Cancel a queued or running re-analysis; the wells done stay, and POSTing the same
+    version again resumes it. 409 if it has already finished."""
+    analysis = analyses.analysis_or_error(session, scan_id, analysis_id)
+    return AnalysisPublic.of(analyses.cancel_analysis(session, analysis, actor=caller.name))
 
 
 def _event(name: str, data: str, event_id: int | None = None) -> str:

@@ -1,0 +1,194 @@
+"""Re-analysing archives: analyses fanned out over processes or a Dask cluster (issue 16).
+
+A core facility may hold thousands of stored plates. Each plate's analysis (queued in the
+database by :func:`app.analyses.request_analysis`) becomes one task, :func:`run_analysis_task`,
+which runs in a worker process: it opens the database and the model repository named in its
+:class:`TaskConfig`, reads the plate's OME-Zarr fields and writes the calls through the same
+:class:`app.analysis_worker.AnalysisWorker` the service uses. Writes are idempotent: a task
+claims its analysis with a lease, and the unique (analysis, well) constraint and the resume
+from the first well without a result mean a task run twice (a worker lost and its task
+retried by the scheduler) neither duplicates nor loses a well.
+
+Two executors run the same tasks:
+
+* :func:`run_in_processes`: a local spawn process pool (no cluster needed);
+* :func:`run_on_dask`: Dask distributed, on a scheduler's address (``tcp://host:8786``) or on a
+  :class:`distributed.LocalCluster` started for the run. Every Dask worker must reach the
+  database (PostgreSQL for more than one machine) and the image store at the paths recorded in
+  the ``images`` table, and have the model repository; docs/operations.md says how.
+
+Each task runs one plate in one thread (``prepare_workers`` 0): the parallelism is across
+plates, one per worker process, so no core is shared by two pools.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from app.analyses import ClassifierCache
+from app.analysis_worker import AnalysisContext, AnalysisWorker
+from models.inference import ProviderChoice
+from models.repository import ModelRepository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What a task needs to run an analysis in another process (picklable, no secrets beyond
+    the database URL)."""
+
+    database_url: str
+    model_repository: str
+    bit_depth: int | None = None
+    onnx_provider: ProviderChoice = "cpu"
+    intra_op_threads: int = 1  # one plate per process: one inference thread each
+    batch_size: int = 64
+    lease_seconds: float = 30.0
+    write_plate_results: bool = True  # the calls into each plate's OME-Zarr (app.ngff_results)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a task did: ``status`` of the analysis afterwards, wells and fields it scored, and
+    where (``worker``: host:pid)."""
+
+    analysis_id: int
+    status: str | None
+    wells: int
+    fields: int
+    seconds: float
+    worker: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# One worker per process and configuration: the engine, the loaded classifiers and their
+# onnxruntime sessions are reused by every task the process runs.
+_workers: dict[TaskConfig, AnalysisWorker] = {}
+
+
+def _worker_for(config: TaskConfig) -> AnalysisWorker:
+    worker = _workers.get(config)
+    if worker is None:
+        from store import db
+
+        engine = db.make_engine(config.database_url)
+        context = AnalysisContext(
+            session_factory=db.make_session_factory(engine),
+            repository=ModelRepository(Path(config.model_repository)),
+            classifiers=ClassifierCache(
+                providers=config.onnx_provider, intra_op_threads=config.intra_op_threads
+            ),
+            bit_depth=config.bit_depth,
+            prepare_workers=0,
+            batch_size=config.batch_size,
+            write_plate_results=config.write_plate_results,
+        )
+        worker = _workers[config] = AnalysisWorker(context, lease_seconds=config.lease_seconds)
+    return worker
+
+
+def run_analysis_task(analysis_id: int, config: TaskConfig) -> TaskOutcome:
+    """Run analysis ``analysis_id`` here (a task: top level, so it pickles by reference).
+
+    An analysis that is finished, or held by another live worker, is left as it is (``wells``
+    0); one that fails records why in the database and reports ``status`` failed.
+    """
+    import os
+    import socket
+
+    outcome = _worker_for(config).run_one(analysis_id)
+    return TaskOutcome(
+        analysis_id=analysis_id,
+        status=outcome.status.value if outcome.status is not None else None,
+        wells=outcome.wells,
+        fields=outcome.fields,
+        seconds=outcome.seconds,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+Progress = Callable[[TaskOutcome], None]
+
+
+def run_in_processes(
+    analysis_ids: Sequence[int],
+    config: TaskConfig,
+    *,
+    workers: int = 2,
+    on_done: Progress | None = None,
+) -> list[TaskOutcome]:
+    """Run the analyses in a local spawn process pool of ``workers`` processes, one plate per
+    task; outcomes in ``analysis_ids`` order."""
+    context = multiprocessing.get_context("spawn")
+    outcomes: dict[int, TaskOutcome] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(run_analysis_task, i, config): i for i in analysis_ids}
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes[outcome.analysis_id] = outcome
+            if on_done is not None:
+                on_done(outcome)
+    return [outcomes[i] for i in analysis_ids]
+
+
+def run_on_dask(
+    analysis_ids: Sequence[int],
+    config: TaskConfig,
+    *,
+    scheduler: str | None = None,
+    local_workers: int = 2,
+    on_done: Progress | None = None,
+) -> list[TaskOutcome]:
+    """Run the analyses as Dask tasks: on the cluster at ``scheduler`` (``tcp://host:8786``), or
+    (None) on a LocalCluster of ``local_workers`` single-threaded worker processes started for
+    this run. Outcomes in ``analysis_ids`` order.
+
+    Raises:
+        RuntimeError: Dask distributed is not installed (the ``cluster`` extra).
+    """
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError as exc:  # pragma: no cover - the extra is part of the dev install
+        raise RuntimeError(
+            "Dask distributed is not installed: pip install 'mscreen[cluster]'"
+        ) from exc
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=local_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+    started = time.perf_counter()
+    try:
+        with Client(cluster if cluster is not None else scheduler) as client:
+            # pure=False: a task re-run is a real re-run (it resumes what is left), never a
+            # cached answer; retries=1 covers a worker lost mid-plate.
+            futures = [
+                client.submit(run_analysis_task, i, config, pure=False, retries=1)
+                for i in analysis_ids
+            ]
+            outcomes: dict[int, TaskOutcome] = {}
+            for future in dask_completed(futures):
+                outcome = future.result()
+                outcomes[outcome.analysis_id] = outcome
+                if on_done is not None:
+                    on_done(outcome)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    logger.info("%d analyses on dask in %.1f s", len(analysis_ids), time.perf_counter() - started)
+    return [outcomes[i] for i in analysis_ids]
