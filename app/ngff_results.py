@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import logging
 import shutil
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numcodecs
 import numpy as np
 import zarr
-from ome_zarr.format import FormatV04, FormatV05
-from ome_zarr.writer import write_multiscale_labels
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from zarr.codecs import BloscCodec
 
 from app.classifier import WellClassifier
 from models.pipeline import prepare
@@ -111,12 +110,17 @@ def _multiscales(group: zarr.Group) -> tuple[dict[str, Any], bool]:
 
 def write_field_labels(path: str | Path, calls: np.ndarray, name: str) -> None:
     """``calls`` ((H, W) uint8, the field's s0 shape) as label image ``name`` of the field at
-    ``path``, in the field's own coordinates (its levels' scale and translation)."""
+    ``path``, in the field's own coordinates (its levels' scale and translation).
+
+    Written with zarr directly, with the metadata ome-zarr's ``write_multiscale_labels`` writes
+    (NGFF 0.5 or 0.4, as the plate is): that writer goes through dask and cost ~50 ms a field.
+    ome-zarr's reader reads it back (tests/test_ngff_results.py).
+    """
     group = zarr.open_group(str(path), mode="r+")
     multiscales, v05 = _multiscales(group)
     datasets = multiscales["datasets"]
-    axes = [a["name"] for a in multiscales["axes"]]
-    if axes != ["y", "x"]:  # a multi-channel field: one label image over its (y, x) plane
+    if [a["name"] for a in multiscales["axes"]] != ["y", "x"]:
+        # A multi-channel field: one label image over its (y, x) plane.
         datasets = [
             {
                 "path": d["path"],
@@ -127,46 +131,62 @@ def write_field_labels(path: str | Path, calls: np.ndarray, name: str) -> None:
             }
             for d in datasets
         ]
-    existing = Path(path) / "labels" / name
-    if existing.exists():  # a re-run replaces the label image whole
-        shutil.rmtree(existing)
-    pyramid = [calls]
-    for _ in datasets[1:]:
-        previous = pyramid[-1]
-        pyramid.append(previous[::2, ::2][: (previous.shape[0] // 2), : (previous.shape[1] // 2)])
-    with warnings.catch_warnings():
-        # ome-zarr 0.18 deprecates coordinate_transformations for `scale`, which cannot say
-        # the translation that puts a field at its stage position; the field's own are copied.
-        warnings.filterwarnings("ignore", "The 'coordinate_transformations'", DeprecationWarning)
-        _write_labels(pyramid, group, name, datasets, v05)
-    _list_labels(group, v05)
-
-
-def _write_labels(
-    pyramid: list[np.ndarray],
-    group: zarr.Group,
-    name: str,
-    datasets: list[dict[str, Any]],
-    v05: bool,
-) -> None:
-    write_multiscale_labels(
-        pyramid,
-        group,
-        name,
-        fmt=FormatV05() if v05 else FormatV04(),
-        axes=[
-            {"name": "y", "type": "space", "unit": "micrometer"},
-            {"name": "x", "type": "space", "unit": "micrometer"},
-        ],
-        coordinate_transformations=[d["coordinateTransformations"] for d in datasets],
-        label_metadata={"colors": _COLOURS, "properties": _PROPERTIES},
+    target = Path(path) / "labels" / name
+    if target.exists():  # a re-run replaces the label image whole
+        shutil.rmtree(target)
+    labels_group = zarr.open_group(
+        str(Path(path) / "labels"), mode="a", zarr_format=3 if v05 else 2
     )
+    label = labels_group.create_group(name)
+    level = calls
+    for dataset in datasets:
+        _create(label, dataset["path"], level, v05)
+        level = level[::2, ::2][: level.shape[0] // 2, : level.shape[1] // 2]
+    entry: dict[str, Any] = {
+        "datasets": datasets,
+        "name": name,
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")],
+    }
+    image_label: dict[str, Any] = {"colors": _COLOURS, "properties": _PROPERTIES}
+    if v05:
+        label.attrs["ome"] = {"version": "0.5", "multiscales": [entry], "image-label": image_label}
+    else:
+        label.attrs.update(
+            {
+                "multiscales": [entry | {"version": "0.4"}],
+                "image-label": image_label | {"version": "0.4"},
+            }
+        )
+    _list_labels(labels_group, v05)
 
 
-def _list_labels(group: zarr.Group, v05: bool) -> None:
+def _create(group: zarr.Group, name: str, data: np.ndarray, v05: bool) -> None:
+    """One level of a label image: one chunk, blosc-compressed as the store's frames are."""
+    if v05:
+        array = group.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=data.shape,
+            compressors=BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+            dimension_names=("y", "x"),
+            chunk_key_encoding={"name": "default", "separator": "/"},
+        )
+    else:
+        array = group.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=data.shape,
+            compressors=numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE),
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+    array[...] = data
+
+
+def _list_labels(labels: zarr.Group, v05: bool) -> None:
     """The field's ``labels`` listing, from the label groups present (so two writers of
     different label images never drop each other's name for good)."""
-    labels = zarr.open_group(group.store_path / "labels", mode="r+")
     names = sorted(key for key, _ in labels.groups())
     if v05:
         ome = _attr(labels, "ome")

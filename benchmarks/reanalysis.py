@@ -12,7 +12,12 @@ re-scored, in this one run, by:
   process, onnxruntime batches of ``b`` fields across wells;
 * **pool**: the same with a persistent :class:`app.rescore.PreparePool` of ``w`` workers
   preparing while this process runs onnxruntime (``t`` intra-op threads). The pools are started
-  once, before any timing (their start-up is reported apart), and reused for every repeat.
+  once, before any timing (their start-up is reported apart), and reused for every repeat;
+* **analysis**: the whole re-analysis a user runs (``mscreen reanalyse``, the service's
+  worker): :class:`app.analysis_worker.AnalysisWorker` with a 2-worker pool claims the
+  analysis, re-scores the plate and commits each well's result (its lease re-checked) to a
+  SQLite database, without and with writing the calls into the plate as NGFF labels
+  (:mod:`app.ngff_results`); its results are deleted and the analysis re-queued between repeats.
 
 Images per second of each (the best of the repeats; the medians are in the JSON), and the
 ratios to the serial baseline and to the faster of the two serial settings, are printed, one
@@ -68,6 +73,111 @@ def _store_plate(root: Path, wells: Sequence[str]) -> list[StoredField]:
             saved = store.save(BARCODE, 1, f, fields_per_well=1)
             stored.append(StoredField(f.well, f.field_index, saved.path, saved.sha256))
     return stored
+
+
+def _database(root: Path, fields: Sequence[StoredField], artifact: Any) -> tuple[Any, int]:
+    """A SQLite database holding the stored plate as a finished scan, and a queued analysis of
+    it with ``artifact``: (session factory, analysis id)."""
+    import migrations
+    from app.analyses import ClassifierCache, ModelSpec, request_analysis
+    from store import db, queries
+    from store.orm import Image, Scan, ScanStatus, WellResult, WellStatus
+
+    url = f"sqlite:///{root / 'bench.db'}"
+    migrations.upgrade(url)
+    factory = db.make_session_factory(db.make_engine(url))
+    with db.session_scope(factory) as session:
+        plate = queries.get_or_create_plate(session, BARCODE)
+        ids = {w.name: w.id for w in plate.wells}
+        scan = Scan(
+            plate=plate,
+            objective="40x",
+            fields_per_well=1,
+            wells_requested=[f.well for f in fields],
+            microscope="benchmark",
+            status=ScanStatus.completed,
+        )
+        session.add(scan)
+        session.flush()
+        now = datetime.now(UTC)
+        for f in fields:
+            frame, _ = load_frame(f)
+            session.add(
+                Image(
+                    scan_id=scan.id,
+                    well_id=ids[f.well],
+                    field_index=f.field_index,
+                    path=f.path,
+                    sha256=f.sha256,
+                    height=frame.shape[0],
+                    width=frame.shape[1],
+                    dtype=str(frame.dtype),
+                    objective="40x",
+                    pixel_size_um=1.0,
+                    x_um=0.0,
+                    y_um=0.0,
+                    acquired_at=now,
+                    mean_v=0.0,
+                    focus_score=0.0,
+                    qc_excluded=False,
+                    qc_flags=[],
+                )
+            )
+            session.add(
+                WellResult(scan_id=scan.id, well_id=ids[f.well], status=WellStatus.ok, qc_flags=[])
+            )
+        session.flush()
+        analysis, _ = request_analysis(
+            session,
+            scan.id,
+            ModelSpec(artifact.name, artifact.version),
+            repository=ModelRepository(BUNDLED_REPOSITORY),
+            classifiers=ClassifierCache(),
+            requested_by="benchmark",
+        )
+        return factory, analysis.id
+
+
+def _requeue(factory: Any, analysis_id: int) -> None:
+    from sqlalchemy import delete, update
+
+    from store.db import session_scope
+    from store.orm import Analysis, AnalysisResult, ScanStatus
+
+    with session_scope(factory) as session:
+        session.execute(delete(AnalysisResult).where(AnalysisResult.analysis_id == analysis_id))
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id == analysis_id)
+            .values(status=ScanStatus.queued, wells_done=0, lease_owner=None)
+        )
+
+
+def _analysis_results(factory: Any, analysis_id: int) -> dict[str, Signature]:
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.orm import AnalysisResult, Well
+
+    with session_scope(factory) as session:
+        rows = session.execute(
+            select(Well.name, AnalysisResult)
+            .join(Well, AnalysisResult.well_id == Well.id)
+            .where(AnalysisResult.analysis_id == analysis_id)
+            .order_by(Well.row, Well.column)
+        ).all()
+        return {
+            name: (
+                r.error,
+                r.label,
+                r.leaning,
+                list(r.qc_flags),
+                r.fields_used,
+                r.probability,
+                list(r.field_probabilities),
+            )
+            for name, r in rows
+        }
 
 
 def _serial(fields: Sequence[StoredField], classifier: WellClassifier) -> dict[str, WellCall]:
@@ -149,6 +259,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         fields = _store_plate(Path(tmp), wells)
         pools = {w: stack.enter_context(PreparePool(default.config, workers=w)) for w in (2, 3)}
         startup_s = {f"w{w}": round(p.startup_s or 0.0, 2) for w, p in pools.items()}
+        factory, analysis_id = _database(Path(tmp), fields, artifact)
+
+        def analysis(write_plate: bool) -> Callable[[], dict[str, Signature]]:
+            from app.analyses import ClassifierCache
+            from app.analysis_worker import AnalysisContext, AnalysisWorker
+
+            worker = AnalysisWorker(
+                AnalysisContext(
+                    session_factory=factory,
+                    repository=ModelRepository(BUNDLED_REPOSITORY),
+                    classifiers=ClassifierCache(intra_op_threads=1),
+                    prepare_workers=2,
+                    write_plate_results=write_plate,
+                )
+            )
+            stack.callback(worker.close)
+            _requeue(factory, analysis_id)
+            worker.run_one(analysis_id)  # warm: its pool started and its model loaded
+
+            def run() -> dict[str, Signature]:
+                _requeue(factory, analysis_id)
+                worker.run_one(analysis_id)
+                return _analysis_results(factory, analysis_id)
+
+            return run
+
         arms = [
             _Arm(BASELINE, serial(default)),
             _Arm("serial t1", serial(single)),
@@ -157,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _Arm("pool w2 b64 t1", batched(single, pools[2], 64)),
             _Arm("pool w2 b64 t0", batched(default, pools[2], 64)),
             _Arm("pool w3 b16 t1", batched(single, pools[3], 16)),
+            _Arm("analysis w2 b64 t1", analysis(False)),
+            _Arm("analysis + labels", analysis(True)),
         ]
         reference = serial(default)()  # warm-up, and the reference calls
         seconds: dict[str, list[float]] = {arm.name: [] for arm in arms}

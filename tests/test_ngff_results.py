@@ -105,3 +105,33 @@ def test_labels_well_calls_and_plate_table_read_back(settings: Settings) -> None
         runtime.close()
     labels_group = zarr.open_group(str(Path(images[0][0]) / "labels"), mode="r")
     assert sorted(k for k, _ in labels_group.groups()) == ["calls"]
+
+
+@pytest.mark.parametrize("ngff_version", ["0.5", "0.4"])
+def test_label_images_side_by_side_on_both_ngff_versions(tmp_path: Path, ngff_version: str) -> None:
+    """Two versions' label images on one field: both listed, both read back, in place."""
+    from datetime import UTC, datetime
+
+    from app.ngff_results import write_field_labels
+    from hardware.microscope import AcquiredField
+    from store.images import ImageStore
+
+    store = ImageStore(tmp_path, ngff_version=ngff_version)  # type: ignore[arg-type]
+    frame = np.zeros((64, 96), np.uint16)
+    field = AcquiredField("B2", 0, frame, 10.0, -4.0, "40x", 0.5, datetime.now(UTC), 0.0)
+    path = store.save("NGFF-2", 1, field, fields_per_well=1).path
+    first = np.ones((64, 96), np.uint8)
+    second = np.full((64, 96), HIGH, np.uint8)
+    write_field_labels(path, first, "calls")
+    write_field_labels(path, second, "calls-hscnn-sim-v1")
+    write_field_labels(path, first, "calls")  # a re-run: replaced, still listed once
+    nodes = list(Reader(parse_url(path))())
+    labels = {n.metadata["name"]: n for n in nodes if any(isinstance(s, Label) for s in n.specs)}
+    assert sorted(labels) == ["calls", "calls-hscnn-sim-v1"]
+    np.testing.assert_array_equal(np.asarray(labels["calls"].data[0]), first)
+    np.testing.assert_array_equal(np.asarray(labels["calls-hscnn-sim-v1"].data[0]), second)
+    assert labels["calls"].data[1].shape == (32, 48)
+    assert (
+        labels["calls"].metadata["coordinateTransformations"]
+        == nodes[0].metadata["coordinateTransformations"]
+    )
