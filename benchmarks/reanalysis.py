@@ -232,6 +232,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default="hscnn-sim", help="NAME or NAME:VERSION (bundled)")
     parser.add_argument("--quick", action="store_true", help="48 wells, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--device",
+        action="store_true",
+        help="a lent GPU machine (benchmarks/gpu.sh): the serial baseline and pools of up to 8 "
+        "workers feeding onnxruntime with provider auto (CUDA when this onnxruntime has it) "
+        "at batch 32 and 96; the provider really used is recorded",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the RESULT JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     load_before = round(os.getloadavg()[0], 2)
@@ -255,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for r in iter_rescore(fields, classifier, pool=pool, batch_size=batch)
         }
 
+    if args.device:
+        _device_run(artifact, wells, repeats, args.out)
+        return
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         fields = _store_plate(Path(tmp), wells)
         pools = {w: stack.enter_context(PreparePool(default.config, workers=w)) for w in (2, 3)}
@@ -339,7 +350,60 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{result['ratio_to_best_serial'][label]:.2f}x the faster serial)  "
             f"wells differing from serial: {differing[label]}"
         )
+    _emit(result, args.out)
+
+
+def _emit(result: dict[str, Any], out: Path | None) -> None:
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
     print("RESULT " + json.dumps(result))
+
+
+def _device_run(artifact: Any, wells: Sequence[str], repeats: int, out: Path | None) -> None:
+    """The re-analysis path on a lent accelerator: serial (provider auto) against pools feeding
+    batches of 32 and 96; every arm's calls checked against the serial ones."""
+    workers = max(2, min(8, (os.cpu_count() or 2) - 1))
+    auto = WellClassifier(OnnxClassifier(artifact.model_path, providers="auto"))
+    single = WellClassifier(
+        OnnxClassifier(artifact.model_path, providers="auto", intra_op_threads=1)
+    )
+    with tempfile.TemporaryDirectory() as tmp, PreparePool(auto.config, workers=workers) as pool:
+        fields = _store_plate(Path(tmp), wells)
+        reference = {w: _signature(c) for w, c in _serial(fields, auto).items()}
+        arms: dict[str, Callable[[], dict[str, Signature]]] = {
+            BASELINE: lambda: {w: _signature(c) for w, c in _serial(fields, auto).items()},
+        }
+        for batch in (32, 96):
+            arms[f"pool w{workers} b{batch}"] = lambda b=batch: {  # type: ignore[misc]
+                r.well: _signature(r) for r in iter_rescore(fields, single, pool=pool, batch_size=b)
+            }
+        seconds: dict[str, list[float]] = {name: [] for name in arms}
+        differing = dict.fromkeys(arms, 0)
+        for _ in range(repeats):
+            for name, run in arms.items():
+                started = time.perf_counter()
+                results = run()
+                seconds[name].append(time.perf_counter() - started)
+                differing[name] += sum(results[w] != want for w, want in reference.items())
+        startup = pool.startup_s
+    best = {name: min(values) for name, values in seconds.items()}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "provider": auto.model.provider,
+        "model": artifact.label,
+        "images": len(fields),
+        "workers": workers,
+        "pool_startup_s": startup,
+        "images_per_s": {name: round(len(fields) / s, 1) for name, s in best.items()},
+        "ratio_to_serial": {name: round(best[BASELINE] / s, 2) for name, s in best.items()},
+        "wells_differing_from_serial": differing,
+    }
+    for name in best:
+        print(
+            f"{name:>18}: {result['images_per_s'][name]:7.1f} images/s on {result['provider']} "
+            f"({result['ratio_to_serial'][name]:.2f}x serial), differing: {differing[name]}"
+        )
+    _emit(result, out)
 
 
 if __name__ == "__main__":
