@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -284,19 +285,26 @@ class AnalysisWorker:
         started = time.perf_counter()
         fields_of = _count_by_well(fields)
         pool = self._prepare_pool(classifier) if fields else None
-        for rescored in iter_rescore(
-            fields, classifier, policy=policy, pool=pool, batch_size=context.batch_size
-        ):
-            wells_done = self._commit(
-                analysis_id, scan_id, model_version_id, well_ids[rescored.well], rescored
+        # closing(): a cancel or a lost lease stops the generator now, and with it the pool's
+        # queued work for this plate (the pool itself stays, for the next analysis).
+        with closing(
+            iter_rescore(
+                fields, classifier, policy=policy, pool=pool, batch_size=context.batch_size
             )
-            if wells_done is None:
-                logger.info("analysis %d cancelled: well %s discarded", analysis_id, rescored.well)
-                return committed, scored
-            committed += 1
-            scored += fields_of[rescored.well]
-            if self.on_progress is not None:
-                self.on_progress(analysis_id, wells_done, total)
+        ) as rescored_wells:
+            for rescored in rescored_wells:
+                wells_done = self._commit(
+                    analysis_id, scan_id, model_version_id, well_ids[rescored.well], rescored
+                )
+                if wells_done is None:
+                    logger.info(
+                        "analysis %d cancelled: well %s discarded", analysis_id, rescored.well
+                    )
+                    return committed, scored
+                committed += 1
+                scored += fields_of[rescored.well]
+                if self.on_progress is not None:
+                    self.on_progress(analysis_id, wells_done, total)
         finished = self._finish(
             analysis_id,
             ScanStatus.completed,

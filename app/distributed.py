@@ -170,7 +170,7 @@ def run_on_dask(
             n_workers=local_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never clash with a running cluster
         )
     started = time.perf_counter()
     try:

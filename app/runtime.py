@@ -271,6 +271,8 @@ def build_runtime(settings: Settings) -> Runtime:
         image_store=ImageStore(settings.resolved_image_dir),
         microscope_name=microscope_name,
         plate=PlateGeometry(a1_center_um=(settings.plate_a1_x_um, settings.plate_a1_y_um)),
+        plate_results=settings.plate_results,
+        bit_depth=serving_bit_depth(settings),
     )
     runtime = Runtime(
         settings=settings,

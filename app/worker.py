@@ -1,16 +1,23 @@
 """The scan worker: takes queued scans from the database and runs them, one at a time.
 
-Scans never run inside a request. Each well is classified as soon as its fields arrive, and its
-images, result and the scan's progress are committed in one transaction, so a crash loses at
-most the well in flight.
+Scans never run inside a request. Each well is classified as soon as its fields arrive; its
+images are written (and checksummed) first, then its image rows, result and the scan's
+progress are committed in one short transaction, so a crash loses at most the well in flight
+and never leaves a result without its images. A crash between the write and the commit leaves
+orphan fields on disk (no ``images`` row): the resumed scan writes the well again, and
+:func:`reconcile_scan_images` removes orphans when a scan finishes (and ``mscreen admin
+reconcile-images`` for any scan).
 
 Durability: a worker holds a *lease* on the scan it runs (``lease_owner``, ``lease_expires_at``)
 and renews it from a heartbeat thread. A scan is claimable when it is queued, or running with
 an expired lease (its worker died: SIGKILL, power cut). The claim is one conditional UPDATE, so
 two workers can never both win it; every well commit re-checks the lease in the same
-transaction, so a worker that lost its lease cannot write. A resumed scan continues from the
-first requested well without a result; the unique (scan, well) constraint makes a duplicate
-result impossible. One scan runs per microscope at a time; the others wait in id order.
+transaction, so a worker that lost its lease cannot record anything. Its image files cannot
+clobber a successor's either: only a scan's first claim writes the plain field paths, every
+takeover writes per-attempt paths (see :meth:`ScanWorker._commit_well`). A resumed scan
+continues from the first requested well without a result; the unique (scan, well) constraint
+makes a duplicate result impossible. One scan runs per microscope at a time; the others wait
+in id order.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,12 +38,13 @@ from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.classifier import WellCall, WellClassifier
+from app.ngff_results import write_results
 from hardware.microscope import HardwareError, Objective, PlateScanner, ScanPlan, WellAcquisition
 from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
 from hardware.plate import SBS_96, PlateGeometry, plate_geometry
 from models.decision import REQUEST_FIELDS, CallPolicy
 from store.db import session_scope
-from store.images import ImageStore
+from store.images import ImageStore, StoredImage
 from store.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
 
 logger = logging.getLogger(__name__)
@@ -63,6 +71,10 @@ class WorkerContext:
     # (width, height) in um of a camera field at an objective, to check a plan's fields lie
     # inside their wells (as create_scan checked them).
     field_of_view: Callable[[Objective], tuple[float, float]] = simulated_field_of_view_um
+    # Write each completed scan's calls into its OME-Zarr plate (MSCREEN_PLATE_RESULTS), with
+    # the bit depth of stored frames that recorded none (app.runtime.serving_bit_depth).
+    plate_results: bool = True
+    bit_depth: int | None = None
 
 
 def _now() -> datetime:
@@ -97,9 +109,22 @@ class ScanWorker:
         self.on_progress: Callable[[int, int, int], None] | None = None
         # Image stores of other plate types than the service's (one HCS grid per type).
         self._stores: dict[str, ImageStore] = {}
+        # Per scan claimed: the attempt token its fields are written under; None (or absent)
+        # for a scan's first claim (plain field paths; see _commit_well). A subclass whose
+        # _claim can take a scan over must set a token here, as _claim does.
+        self._attempts: dict[int, str | None] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        try:
+            reconcile_finished_scans(
+                self.context.session_factory,
+                self.context.image_store,
+                microscope=self.context.microscope_name,
+                since=_now() - timedelta(hours=24),
+            )
+        except Exception:  # orphans cost disk, not correctness: never block the worker on them
+            logger.exception("reconciling recent scans' images failed")
         self._thread = threading.Thread(target=self._loop, name="scan-worker", daemon=True)
         self._thread.start()
 
@@ -162,7 +187,22 @@ class ScanWorker:
             self._finish(scan_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
         finally:
             heartbeat.stop()
+            self._attempts.pop(scan_id, None)
+        self._reconcile_if_finished(scan_id)
         return True
+
+    def _reconcile_if_finished(self, scan_id: int) -> None:
+        """Remove orphan fields of a scan that has finished (after a takeover or a crashed
+        attempt some may be left); a scan still running (taken over) is left to its worker."""
+        try:
+            reconcile_scan_images(
+                self.context.session_factory,
+                self.context.image_store,
+                scan_id,
+                only_finished=True,
+            )
+        except Exception:  # orphans cost disk, not correctness: the scan's outcome stands
+            logger.exception("scan %d: reconciling its images failed", scan_id)
 
     def _claimable(self, now: datetime) -> object:
         # A running scan without a lease (left by a version before leases) counts as expired.
@@ -221,6 +261,9 @@ class ScanWorker:
                     session.rollback()
                     return None
                 scan = session.get_one(Scan, scan_id)
+                # Only a scan's first claim (never started before) writes the plain field
+                # paths; a takeover writes under a token of its own (see _commit_well).
+                self._attempts[scan_id] = None if scan.started_at is None else _attempt_token()
                 scan.started_at = scan.started_at or now
                 # The model that started the scan stays its model of record; each well
                 # result records the model that actually classified it.
@@ -278,12 +321,14 @@ class ScanWorker:
                 call = (
                     None if acquisition.failed else classifier.classify(acquisition.fields, policy)
                 )
-                wells_done = self._commit_well(
+                committed = self._commit_well(
                     scan_id, plan, well_ids, acquisition, call, model_version_id
                 )
-                if wells_done is None:
+                if committed is None:
                     logger.info("scan %d cancelled: well %s discarded", scan_id, acquisition.well)
                     return
+                wells_done, stored = committed
+                self._publish_well(scan_id, plan, acquisition.well, stored)
                 if self.on_progress is not None:
                     self.on_progress(scan_id, wells_done, total)
         except HardwareError as exc:
@@ -292,7 +337,8 @@ class ScanWorker:
         if self._should_stop(scan_id):
             logger.info("scan %d stopped before its end (cancelled or shutting down)", scan_id)
             return
-        self._finish(scan_id, ScanStatus.completed, None)
+        if self._finish(scan_id, ScanStatus.completed, None) and self.context.plate_results:
+            self._write_plate_results(scan_id, classifier, policy.threshold)
 
     def _plan(self, scan: Scan) -> ScanPlan:
         """What ``scan`` acquires: its plate plan's geometry, wells and points when it has one;
@@ -329,18 +375,57 @@ class ScanWorker:
         acquisition: WellAcquisition,
         call: WellCall | None,
         model_version_id: int,
-    ) -> int | None:
-        """Write one well's images and result and bump progress, in one transaction; the new
-        ``wells_done``, or None if the scan was cancelled meanwhile (nothing is written).
+    ) -> tuple[int, list[StoredImage]] | None:
+        """Write one well's images, then record them, its result and the progress bump in one
+        short transaction. Returns the new ``wells_done`` and the fields written, or None if
+        the scan was cancelled meanwhile (nothing is recorded; the fields written are removed).
+
+        Order: the fields are written and checksummed *before* the transaction (a field costs
+        ~7 ms; it used to be written under the scan row's lock, blocking a cancel meanwhile), so
+        a crash in between leaves orphan fields, never a result without its images; orphans
+        are removed by :func:`reconcile_scan_images`. The fields are not listed in the plate
+        until committed (:meth:`_publish_well`).
 
         The progress bump is a conditional UPDATE (still running, still our lease) issued
-        first: it takes the scan row's write lock before anything else is written, so a cancel
-        either commits before it (the well is dropped, and the cancel's ``wells_done`` is the
-        final count) or waits for this commit (and then reports this well as done). Checking
-        the status on a row read earlier was not enough: SQLite ignores FOR UPDATE, and a
-        cancel committed between that read and the commit left a well the cancel never saw.
+        first in the transaction: it takes the scan row's write lock before anything else is
+        written, so a cancel either commits before it (the well is dropped, and the cancel's
+        ``wells_done`` is the final count) or waits for this commit (and then reports this
+        well as done). Checking the status on a row read earlier was not enough: SQLite
+        ignores FOR UPDATE, and a cancel committed between that read and the commit left a
+        well the cancel never saw.
+
+        A worker that lost its lease without knowing it (stalled past its expiry, then taken
+        over) cannot record anything: the bump finds the lease gone. Its files must not clobber
+        a field the successor committed either, and no lease check before the write could
+        promise that (the stall can fall between the check and the write's last byte, and
+        the file system knows no lease). So paths, not timing: only the scan's first claim
+        writes the plain ``<index>`` field paths, and a takeover writes ``<index>t<token>``
+        with a token of its own claim (:meth:`_claim`), so two workers never write the same
+        field path. A stale worker's files are orphans, removed here when its bump fails, or
+        by reconciliation. Not removed on any other error (the commit may have reached the
+        database before the connection failed): reconciliation looks at the rows.
         """
         well_id = well_ids[acquisition.well]
+        image_store = self._image_store(plan.plate)
+        # Not set by a claim that only ever starts queued scans (the importer's): a first claim.
+        attempt = self._attempts.get(scan_id)
+        stored: list[StoredImage] = []
+        outcomes = call.fields if call else []
+        try:
+            for field, _outcome in zip(acquisition.fields, outcomes, strict=True):
+                stored.append(
+                    image_store.save(
+                        plan.barcode,
+                        scan_id,
+                        field,
+                        fields_per_well=plan.fields_per_well,
+                        attempt=attempt,
+                        list_in_plate=False,
+                    )
+                )
+        except BaseException:
+            _remove_fields(stored, "its write failed")
+            raise
         with session_scope(self.context.session_factory) as session:
             bumped = session.execute(
                 update(Scan)
@@ -355,46 +440,40 @@ class ScanWorker:
                 )
                 .returning(Scan.wells_done)
             ).scalar_one_or_none()
+            status = None
             if bumped is None:
                 status = session.scalar(select(Scan.status).where(Scan.id == scan_id))
-                if status == ScanStatus.cancelled:
-                    return None
-                state = status.value if status is not None else "deleted"
-                raise LeaseLostError(f"scan {scan_id} is no longer ours ({state})")
-            image_store = self._image_store(plan.plate)
-            for field, outcome in zip(acquisition.fields, call.fields if call else [], strict=True):
-                stored = image_store.save(
-                    plan.barcode, scan_id, field, fields_per_well=plan.fields_per_well
-                )
-                qc = outcome.prepared.qc
-                session.add(
-                    Image(
-                        scan_id=scan_id,
-                        well_id=well_id,
-                        field_index=field.field_index,
-                        path=str(stored.path),
-                        sha256=stored.sha256,
-                        height=int(field.image.shape[0]),
-                        width=int(field.image.shape[1]),
-                        dtype=str(field.image.dtype),
-                        objective=field.objective,
-                        pixel_size_um=field.pixel_size_um,
-                        x_um=field.x_um,
-                        y_um=field.y_um,
-                        acquired_at=field.acquired_at,
-                        mean_v=qc.mean_v,
-                        focus_score=qc.focus_score,
-                        qc_excluded=qc.excluded,
-                        qc_flags=list(qc.flags),
-                        probability=outcome.probability,
-                        ood_score=outcome.ood_score,
-                        confluence_pct=outcome.prepared.confluence_pct,
-                        z_um=field.z_um,
-                        autofocus=field.autofocus.to_dict() if field.autofocus else None,
-                    )
-                )
-            session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
-            return int(bumped)
+            else:
+                for field, outcome, image in zip(acquisition.fields, outcomes, stored, strict=True):
+                    session.add(_image_row(scan_id, well_id, field, outcome, image))
+                session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
+        if bumped is None:
+            # Nothing was recorded: the files written are nobody's.
+            _remove_fields(stored, "the scan is no longer ours")
+            if status == ScanStatus.cancelled:
+                return None
+            state = status.value if status is not None else "deleted"
+            raise LeaseLostError(f"scan {scan_id} is no longer ours ({state})")
+        return int(bumped), stored
+
+    def _publish_well(
+        self, scan_id: int, plan: ScanPlan, well: str, stored: list[StoredImage]
+    ) -> None:
+        """List a committed well's fields in its plate's metadata (for ome-zarr readers and
+        napari; the service reads fields through their rows). A failure is logged, not fatal:
+        reconciliation rewrites the listings from the rows when the scan finishes."""
+        if not stored:
+            return
+        try:
+            self._image_store(plan.plate).publish_well(
+                plan.barcode,
+                scan_id,
+                well,
+                [image.path for image in stored],
+                fields_per_well=plan.fields_per_well,
+            )
+        except Exception:
+            logger.exception("scan %d: listing well %s in its plate failed", scan_id, well)
 
     def _image_store(self, plate: PlateGeometry) -> ImageStore:
         """The image store for a plate of ``plate``'s type: the service's own for its plate
@@ -407,9 +486,9 @@ class ScanWorker:
             cached = self._stores[plate.name] = ImageStore(store.root, plate=plate)
         return cached
 
-    def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> None:
+    def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> bool:
         """Record the outcome, only if the scan is still running under our lease (a cancel
-        or another worker's takeover wins)."""
+        or another worker's takeover wins); True if it was recorded."""
         with session_scope(self.context.session_factory) as session:
             result = session.execute(
                 update(Scan)
@@ -426,8 +505,141 @@ class ScanWorker:
                     lease_expires_at=None,
                 )
             )
-        if getattr(result, "rowcount", 0) == 1:
-            logger.info("scan %d %s", scan_id, status.value)
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        logger.info("scan %d %s", scan_id, status.value)
+        return True
+
+    def _write_plate_results(
+        self, scan_id: int, classifier: WellClassifier, threshold: float
+    ) -> None:
+        """The completed scan's calls into its OME-Zarr plate (app.ngff_results: label images,
+        well attributes, a plate table) for napari; a failure is logged, the scan stands."""
+        try:
+            with session_scope(self.context.session_factory) as session:
+                write_results(
+                    session,
+                    scan_id,
+                    classifier,
+                    threshold=threshold,
+                    bit_depth=self.context.bit_depth,
+                )
+        except Exception:  # the calls are committed; the plate copy can be written again
+            logger.exception("scan %d: writing its calls into the plate failed", scan_id)
+
+
+def _attempt_token() -> str:
+    """A new attempt token: 8 lowercase hex digits (field paths ``<index>t<token>``)."""
+    return uuid.uuid4().hex[:8]
+
+
+def _remove_fields(stored: Iterable[StoredImage], why: str) -> None:
+    """Delete fields this worker wrote and nobody recorded (each path is unique to this
+    worker's claim, so no one else's field is touched)."""
+    for image in stored:
+        try:
+            if ImageStore.remove_field(image.path):
+                logger.info("removed unrecorded field %s (%s)", image.path, why)
+        except OSError:
+            logger.exception("could not remove unrecorded field %s", image.path)
+
+
+def _image_row(scan_id: int, well_id: int, field: Any, outcome: Any, stored: StoredImage) -> Image:
+    qc = outcome.prepared.qc
+    return Image(
+        scan_id=scan_id,
+        well_id=well_id,
+        field_index=field.field_index,
+        path=stored.path,
+        sha256=stored.sha256,
+        height=int(field.image.shape[0]),
+        width=int(field.image.shape[1]),
+        dtype=str(field.image.dtype),
+        objective=field.objective,
+        pixel_size_um=field.pixel_size_um,
+        x_um=field.x_um,
+        y_um=field.y_um,
+        acquired_at=field.acquired_at,
+        mean_v=qc.mean_v,
+        focus_score=qc.focus_score,
+        qc_excluded=qc.excluded,
+        qc_flags=list(qc.flags),
+        probability=outcome.probability,
+        ood_score=outcome.ood_score,
+        confluence_pct=outcome.prepared.confluence_pct,
+        z_um=field.z_um,
+        autofocus=field.autofocus.to_dict() if field.autofocus else None,
+    )
+
+
+_FINISHED = (ScanStatus.completed, ScanStatus.cancelled, ScanStatus.failed)
+
+
+def reconcile_scan_images(
+    session_factory: sessionmaker[Session],
+    image_store: ImageStore,
+    scan_id: int,
+    *,
+    dry_run: bool = False,
+    only_finished: bool = False,
+) -> list[str]:
+    """Remove the fields on disk of scan ``scan_id`` that have no ``images`` row (orphans of
+    a crash between a well's write and its commit, or of a worker that lost its lease) and
+    rewrite its plate's listings from its rows. Returns the orphans' paths (with ``dry_run``
+    only listed, nothing changed). A field with a row is never removed.
+
+    ``image_store``: the service's store (its root); the scan's own plate type gives the grid.
+    ``only_finished``: do nothing unless the scan is completed, cancelled or failed (a running
+    scan's well in flight is written before its row exists).
+    """
+    with session_scope(session_factory) as session:
+        scan = session.get(Scan, scan_id)
+        if scan is None or (only_finished and scan.status not in _FINISHED):
+            return []
+        barcode, plate_type = scan.plate.barcode, scan.plate.plate_type
+        fields_per_well = scan.fields_per_well
+        recorded = list(session.scalars(select(Image.path).where(Image.scan_id == scan_id)))
+    store, geometry = image_store, plate_geometry(plate_type)
+    if geometry.name != image_store.plate.name:
+        store = ImageStore(image_store.root, plate=geometry)
+    orphans = store.reconcile(
+        barcode, scan_id, recorded, fields_per_well=fields_per_well, dry_run=dry_run
+    )
+    if orphans:
+        logger.info(
+            "scan %d: %s %d orphan field(s)",
+            scan_id,
+            "found" if dry_run else "removed",
+            len(orphans),
+        )
+    return orphans
+
+
+def reconcile_finished_scans(
+    session_factory: sessionmaker[Session],
+    image_store: ImageStore,
+    *,
+    microscope: str | None = None,
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> dict[int, list[str]]:
+    """:func:`reconcile_scan_images` for every finished scan (of ``microscope``, finished at or
+    after ``since``, when given); the orphans found, by scan id (scans without any left out)."""
+    with session_scope(session_factory) as session:
+        query = select(Scan.id).where(Scan.status.in_(_FINISHED)).order_by(Scan.id)
+        if microscope is not None:
+            query = query.where(Scan.microscope == microscope)
+        if since is not None:
+            query = query.where(Scan.finished_at >= since)
+        scan_ids = list(session.scalars(query))
+    found: dict[int, list[str]] = {}
+    for scan_id in scan_ids:
+        orphans = reconcile_scan_images(
+            session_factory, image_store, scan_id, dry_run=dry_run, only_finished=True
+        )
+        if orphans:
+            found[scan_id] = orphans
+    return found
 
 
 def _result_row(

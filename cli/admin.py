@@ -1,4 +1,5 @@
-"""`mscreen keys ...` (API keys) and `mscreen db ...` (schema migrations)."""
+"""`mscreen keys ...` (API keys), `mscreen db ...` (schema migrations) and `mscreen admin ...`
+(maintenance: `reconcile-images`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cli.common import UserError, database
 
 keys_cli = typer.Typer(help="API keys (viewer, operator, admin).", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+admin_cli = typer.Typer(help="Maintenance of stored data.", no_args_is_help=True)
 
 
 @keys_cli.command("create")
@@ -58,3 +60,34 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     url = get_settings().resolved_database_url
     migrations.upgrade(url, revision)
     typer.echo(f"database at {revision}: {url}")
+
+
+@admin_cli.command("reconcile-images")
+def reconcile_images(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list the orphan fields; remove nothing.")
+    ] = False,
+    scan: Annotated[int | None, typer.Option(help="Only this scan (default: every one).")] = None,
+) -> None:
+    """Remove image fields on disk that no `images` row records (orphans of a crash between a
+    well's write and its commit) from finished scans, and relist their plates. A field with a
+    row is never removed; running scans are left alone (their well in flight has no row yet).
+    """
+    from app.worker import reconcile_finished_scans, reconcile_scan_images
+    from store.images import ImageStore
+
+    image_store = ImageStore(get_settings().resolved_image_dir)
+    with database() as factory:
+        if scan is None:
+            found = reconcile_finished_scans(factory, image_store, dry_run=dry_run)
+        else:
+            orphans = reconcile_scan_images(
+                factory, image_store, scan, dry_run=dry_run, only_finished=True
+            )
+            found = {scan: orphans} if orphans else {}
+    for scan_id, orphans in found.items():
+        for path in orphans:
+            typer.echo(f"scan {scan_id}: {'orphan' if dry_run else 'removed'} {path}")
+    total = sum(len(orphans) for orphans in found.values())
+    verb = "found" if dry_run else "removed"
+    typer.echo(f"{verb} {total} orphan field(s) in {len(found)} scan(s)")

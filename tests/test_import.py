@@ -355,11 +355,11 @@ def test_a_failure_midway_leaves_the_scan_failed_not_completed(runtime, tmp_path
     saved: list[str] = []
     original = ImageStore.save
 
-    def save_then_fail(self, barcode, scan_id, field, *, fields_per_well):
+    def save_then_fail(self, barcode, scan_id, field, **kwargs):
         if field.well == "B7":
             raise OSError("disk full")
         saved.append(field.well)
-        return original(self, barcode, scan_id, field, fields_per_well=fields_per_well)
+        return original(self, barcode, scan_id, field, **kwargs)
 
     monkeypatch.setattr(ImageStore, "save", save_then_fail)
     scan_id, _ = _import(runtime, folder, layout="metaxpress")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 import migrations
 from app.auth import create_key
+from store.images import ImageStore
 from store.orm import Image, Role, Scan, Well, WellResult
 
 pytestmark = pytest.mark.slow
@@ -133,7 +134,16 @@ def test_sigkill_mid_scan_then_restart_completes_the_plate(tmp_path, database_ur
         ).all()
         assert len(images) == 96 and len(set(images)) == 96
         assert session.scalar(select(func.count()).select_from(WellResult)) == 96
+        paths = session.execute(
+            select(Image.path, Image.sha256).where(Image.scan_id == scan_id)
+        ).all()
     engine.dispose()
+    # Every recorded image is intact, and nothing unrecorded is left on disk: the field the
+    # killed process wrote but never committed (if it got that far) was reconciled away.
+    assert all(ImageStore.verify(path, sha256) for path, sha256 in paths)
+    (plate,) = (tmp_path / "data").rglob(f"scan-{scan_id}.ome.zarr")
+    on_disk = {p for p in plate.glob("*/*/*") if p.is_dir()}
+    assert on_disk == {Path(path) for path, _ in paths}
     # Evidence for the issue note (visible with -s).
     print(
         json.dumps(

@@ -42,6 +42,32 @@ def _scanned(settings: Settings) -> int:
         runtime.close()
 
 
+def test_a_completed_scan_carries_its_calls_in_its_plate(settings: Settings) -> None:
+    """The worker writes them when the scan completes (MSCREEN_PLATE_RESULTS, default on)."""
+    scan_id = _scanned(settings)
+    runtime = build_runtime(settings)
+    try:
+        with session_scope(runtime.session_factory) as session:
+            paths = session.scalars(select(Image.path).where(Image.scan_id == scan_id)).all()
+    finally:
+        runtime.close()
+    assert len(paths) == len(WELLS)
+    for path in paths:
+        labels = zarr.open_group(str(Path(path) / "labels"), mode="r")
+        assert [k for k, _ in labels.groups()] == ["calls"]
+
+
+def test_no_plate_results_when_switched_off(settings: Settings) -> None:
+    scan_id = _scanned(settings.model_copy(update={"plate_results": False}))
+    runtime = build_runtime(settings)
+    try:
+        with session_scope(runtime.session_factory) as session:
+            paths = session.scalars(select(Image.path).where(Image.scan_id == scan_id)).all()
+    finally:
+        runtime.close()
+    assert paths and not any((Path(p) / "labels").exists() for p in paths)
+
+
 def test_labels_well_calls_and_plate_table_read_back(settings: Settings) -> None:
     scan_id = _scanned(settings)
     runtime = build_runtime(settings)

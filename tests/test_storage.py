@@ -230,3 +230,56 @@ def test_pyramid_reads_back_as_ome_zarr_local_mean(
         read = np.asarray(data)
         assert read.dtype == dtype and read.shape == expected.shape
         np.testing.assert_array_equal(read, expected)
+
+
+def test_plates_written_with_the_earlier_codec_still_read_back(
+    tmp_path: Path, ngff_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New arrays use blosc zstd-1 (issue 16); plates written before with zarr's default codec
+    (zstd) read back unchanged, through the store and ome-zarr's reader, in the same plate."""
+    import store.images as images
+
+    store = ImageStore(tmp_path, ngff_version=ngff_version)  # type: ignore[arg-type]
+    with monkeypatch.context() as patch:
+        patch.setattr(images, "_compressor", lambda zarr_format: "auto")  # as before issue 16
+        old = store.save("P1", 5, _field("A1", 0, 1), fields_per_well=1)
+    new = store.save("P1", 5, _field("A2", 0, 2), fields_per_well=1)
+    codecs = {
+        which: str(zarr.open_array(str(Path(s.path) / "s0"), mode="r").metadata).lower()
+        for which, s in (("old", old), ("new", new))
+    }
+    assert "blosc" not in codecs["old"] and "zstd" in codecs["old"]
+    assert "blosc" in codecs["new"]
+    for stored, seed in ((old, 1), (new, 2)):
+        assert ImageStore.verify(stored.path, stored.sha256)
+        (node,) = _nodes(stored.path, Multiscales)
+        np.testing.assert_array_equal(np.asarray(node.data[0]), _field("A1", 0, seed).image)
+    (plate_node,) = _nodes(store.plate_path("P1", 5), Plate)
+    assert [w["path"] for w in plate_node.specs[0].plate_data["wells"]] == ["A/1", "A/2"]
+
+
+def test_reconcile_removes_only_unrecorded_fields_and_relists(
+    tmp_path: Path, ngff_version: str
+) -> None:
+    store = ImageStore(tmp_path, ngff_version=ngff_version)  # type: ignore[arg-type]
+    kept = store.save("P1", 6, _field("B2", 0, 1), fields_per_well=2)
+    retried = store.save(
+        "P1", 6, _field("B2", 1, 2), fields_per_well=2, attempt="abc123", list_in_plate=False
+    )
+    orphans = [
+        store.save("P1", 6, _field("B2", 1, 3), fields_per_well=2).path,  # listed by save
+        store.save("P1", 6, _field("C4", 0, 4), fields_per_well=2, list_in_plate=False).path,
+    ]
+    recorded = [kept.path, retried.path]
+    assert sorted(store.reconcile("P1", 6, recorded, fields_per_well=2, dry_run=True)) == orphans
+    assert all(Path(p).is_dir() for p in orphans)
+    assert sorted(store.reconcile("P1", 6, recorded, fields_per_well=2)) == orphans
+    assert not any(Path(p).exists() for p in orphans)
+    assert ImageStore.verify(kept.path, kept.sha256)
+    assert ImageStore.verify(retried.path, retried.sha256)
+    plate_path = store.plate_path("P1", 6)
+    (plate_node,) = _nodes(plate_path, Plate)
+    assert [w["path"] for w in plate_node.specs[0].plate_data["wells"]] == ["B/2"]
+    well = zarr.open_group(str(plate_path / "B" / "2"), mode="r")
+    assert [i["path"] for i in _ome(well)["well"]["images"]] == ["0", "1tabc123"]
+    assert store.reconcile("P1", 6, recorded, fields_per_well=2) == []  # idempotent
