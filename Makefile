@@ -18,9 +18,10 @@ $(VENV)/.service-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Everything the tests need: service + training (CPU torch 2.13) + PostgreSQL driver + dev tools
-# + the optional numba kernel (so its equivalence tests run) + Dask distributed (its tests).
+# + the optional numba kernel (so its equivalence tests run) + Dask distributed, bioimageio.core
+# and sila2 (their tests).
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[cpu,train,dev,fast,cluster]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,train,dev,fast,cluster,bioimageio,sila]"
 	touch $@ $(VENV)/.service-installed
 
 install-service: $(VENV)/.service-installed

@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from app.errors import ServiceError
-from cli import admin, importing, models, reanalyse, scan, sim, train
+from cli import admin, importing, models, reanalyse, scan, sila, sim, train
 from cli.common import UserError
 from hardware.plate import WellNameError
 from migrations import DatabaseNotReadyError
@@ -35,6 +35,7 @@ cli.command()(scan.serve)
 cli.command()(scan.scan)
 cli.command()(scan.results)
 cli.command()(reanalyse.reanalyse)
+cli.command(name="sila")(sila.sila_serve)
 cli.command(name="import")(importing.import_plate)
 cli.command()(train.train)
 cli.command(
@@ -43,6 +44,7 @@ cli.command(
 )(train.experiment)
 cli.add_typer(admin.keys_cli, name="keys")
 cli.add_typer(admin.db_cli, name="db")
+cli.add_typer(admin.admin_cli, name="admin")
 cli.add_typer(sim.sim_cli, name="sim")
 cli.add_typer(models.models_cli, name="models")
 

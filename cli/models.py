@@ -1,8 +1,10 @@
-"""`mscreen models ...`: the published models of a repository, and re-calibrating one on a
-lab's own labelled plates (a new version, same network: :mod:`training.recalibrate`).
+"""`mscreen models ...`: the published models of a repository, re-calibrating one on a
+lab's own labelled plates (a new version, same network: :mod:`training.recalibrate`), and
+exporting one for other tools (a bioimage.io package: :mod:`training.bioimageio`).
 
-``calibrate`` needs the 'train' extra (onnx, to rewrite the model's metadata); ``list`` only
-onnxruntime. Both import their heavy modules on use, as the other command groups do.
+``calibrate`` needs the 'train' extra (onnx, to rewrite the model's metadata); ``export`` the
+'train' and 'bioimageio' extras; ``list`` only onnxruntime. All import their heavy modules on
+use, as the other command groups do.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 models_cli = typer.Typer(
-    help="Published models: list them; re-calibrate one on your own labelled plates.",
+    help="Published models: list them; re-calibrate one on your own labelled plates; export one.",
     no_args_is_help=True,
 )
 
@@ -263,3 +265,106 @@ def list_models(
                     else ""
                 )
             )
+
+
+EXPORT_FORMATS = ("bioimageio",)
+
+
+def _bioimageio() -> ModuleType:
+    """training.bioimageio, imported on use: it needs onnx and PyTorch (the 'train' extra)."""
+    try:
+        from training import bioimageio
+    except ImportError as exc:
+        raise UserError(
+            "exporting needs the 'train' extra (onnx, PyTorch) and the 'bioimageio' extra: "
+            f"pip install 'mscreen[train,bioimageio]' ({exc})"
+        ) from exc
+    return bioimageio
+
+
+@models_cli.command("export")
+def export(
+    model: Annotated[
+        str,
+        typer.Argument(metavar="NAME[:VERSION]", help="Model to export (default: newest)."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Package folder to write (must not exist, or be empty)."
+        ),
+    ],
+    export_format: Annotated[
+        str, typer.Option("--format", help="Package format; only 'bioimageio' (spec 0.5).")
+    ] = "bioimageio",
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository to read (default: settings).")
+    ] = None,
+    zip_package: Annotated[
+        bool, typer.Option("--zip/--no-zip", help="Also write the package as OUTPUT.zip.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--test/--no-test", help="Run bioimageio.core's own test on the written package."
+        ),
+    ] = True,
+    license_id: Annotated[
+        str | None,
+        typer.Option("--license", help="SPDX licence id to state (none is recorded, none set)."),
+    ] = None,
+    authors: Annotated[
+        list[str] | None,
+        typer.Option("--author", help="An author's name to state (repeat); none by default."),
+    ] = None,
+) -> None:
+    """Write a published model version as a package other tools run without mscreen.
+
+    bioimageio: rdf.yaml (spec 0.5), ONNX weights, a test input and output from simulated
+    fields, and a README. A model without the SSN step takes the normalised image (its bands
+    are computed inside the graph); one with it takes the band cube. QC, normalisation and the
+    cell mask are never in the package (docs/bioimageio.md).
+    """
+    from models.repository import BrokenModelError, InvalidModelNameError, ModelNotFoundError
+
+    if export_format not in EXPORT_FORMATS:
+        raise UserError(
+            f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}"
+        )
+    name, version = parse_model(model)
+    repo = _repository(repository)
+    try:
+        artifact = repo.get(name, version)
+    except (ModelNotFoundError, InvalidModelNameError) as exc:
+        raise UserError(f"{exc} (repository {repo.root})") from exc
+    problem = repo.problem(artifact)
+    if problem is not None:
+        raise UserError(problem)
+    bioimageio = _bioimageio()
+    try:
+        package = bioimageio.export_bioimageio(
+            artifact,
+            output,
+            zip_package=zip_package,
+            license_id=license_id,
+            authors=tuple(authors or ()),
+        )
+    except (bioimageio.BioimageioUnavailableError, FileExistsError, BrokenModelError) as exc:
+        raise UserError(str(exc)) from exc
+    except ValueError as exc:  # an unsupported model, or bioimageio.spec refused the description
+        raise UserError(f"cannot export {artifact.label}: {exc}") from exc
+    typer.echo(
+        f"wrote {artifact.name}:{artifact.version} as a bioimage.io package at {package.folder}"
+        + (f" and {package.zip_path}" if package.zip_path is not None else "")
+        + f"\ninput: {package.input_kind} + mask; P(high) vs the service on {package.fields} "
+        f"simulated fields: max abs diff {package.parity_max_abs_diff:.3g}"
+    )
+    if not check:
+        return
+    try:
+        summary = bioimageio.run_bioimageio_test(package.rdf_path)
+    except bioimageio.BioimageioUnavailableError as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(f"bioimageio.core test: {summary.status}")
+    if summary.status != "passed":
+        raise UserError(f"bioimageio.core's test failed: {bioimageio.summary_json(summary)}")

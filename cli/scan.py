@@ -24,13 +24,27 @@ def serve(
     log_level: Annotated[
         str, typer.Option(help="uvicorn log level (info logs every request).")
     ] = "info",
+    sila: Annotated[
+        bool,
+        typer.Option("--sila", help="Also run the SiLA 2 server (sila extra) on the same runtime."),
+    ] = False,
+    sila_port: Annotated[int, typer.Option(help="SiLA 2 gRPC port.")] = 50052,
+    sila_insecure: Annotated[
+        bool, typer.Option("--sila-insecure", help="SiLA without TLS (tests, closed networks).")
+    ] = False,
 ) -> None:
-    """Run the REST API and the scan worker (OpenAPI docs at /docs)."""
+    """Run the REST API and the scan worker (OpenAPI docs at /docs); with --sila, also the
+    SiLA 2 server (docs/integration.md)."""
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+    app = create_app(get_settings())
+    if sila:
+        from cli.sila import attach_sila, sila_options
+
+        attach_sila(app, sila_options(host=host, port=sila_port, insecure=sila_insecure))
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 ObjectiveOption = Annotated[str, typer.Option("--objective", help="40x or 100x.")]
