@@ -41,6 +41,8 @@ def _sila_server_module() -> Any:
         raise UserError(
             f"the SiLA server needs the sila extra: pip install 'mscreen[sila]' ({exc})"
         ) from exc
+    except RuntimeError as exc:  # protobuf loaded with an implementation sila2 cannot use
+        raise UserError(str(exc)) from exc
     return server
 
 

@@ -8,6 +8,12 @@ unless MSCREEN_REQUIRE_POSTGRES=1 (CI), where they fail instead.
 from __future__ import annotations
 
 import os
+
+# sila2 (tests/test_sila.py) needs protobuf's pure-Python implementation, chosen when protobuf
+# is first imported: sila2 selects it on import, but onnx (imported by many tests before it)
+# would load the default upb one, whose pool refuses sila2's second SiLAFramework.proto. The
+# service's own `mscreen sila` imports sila2 before anything loads protobuf (app/sila/__init__.py).
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 import shutil
 import time
 import uuid
