@@ -32,7 +32,7 @@ from app.classifier import WellClassifier
 from app.errors import ConflictError, InvalidRequestError, NotFoundError, UnavailableError
 from app.scans import check_policy
 from app.schemas.common import MAX_ID
-from app.worker import _requested_policy as requested_of
+from app.worker import requested_fields as requested_of
 from models.decision import REQUEST_FIELDS
 from models.inference import OnnxClassifier, ProviderChoice, RuntimeUnavailableError
 from models.repository import ModelArtifact, ModelNotFoundError, ModelRepository, load_failure

@@ -16,12 +16,8 @@ reanalyse`` and the Dask tasks of :mod:`app.distributed`.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,10 +29,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.analyses import ClassifierCache
 from app.classifier import WellClassifier
 from app.errors import ConflictError
+from app.leases import Heartbeat, LeasedWorker, LeaseLostError
 from app.ngff_results import write_results
 from app.rescore import PreparePool, StoredField, WellRescore, iter_rescore, stored_fields
-from app.worker import LeaseLostError, PolicyUnavailableError, _Heartbeat, _recorded_policy
-from app.worker import _resolve_policy as resolve_policy
+from app.worker import PolicyUnavailableError, recorded_policy, resolve_scan_policy
 from models.repository import ModelRepository
 from store.db import session_scope
 from store.orm import Analysis, AnalysisResult, ScanStatus, Well, WellResult, WellStatus
@@ -79,7 +75,7 @@ class RunOutcome:
         return self.fields / self.seconds if self.seconds > 0 else 0.0
 
 
-class AnalysisWorker:
+class AnalysisWorker(LeasedWorker):
     """Runs queued re-analyses in a background thread (or synchronously: :meth:`run_one`).
 
     Args:
@@ -88,29 +84,22 @@ class AnalysisWorker:
         lease_seconds: how long a claim lasts without renewal; renewed every third of it.
     """
 
+    job = Analysis
+    kind = "analysis"
+
     def __init__(
         self, context: AnalysisContext, *, poll_seconds: float = 0.5, lease_seconds: float = 30.0
     ) -> None:
+        super().__init__(
+            context.session_factory, poll_seconds=poll_seconds, lease_seconds=lease_seconds
+        )
         self.context = context
-        self.poll_seconds = poll_seconds
-        self.lease_seconds = lease_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pool: PreparePool | None = None
         self._pool_config: object = None
-        # Progress callback (the CLI's bar): (analysis_id, wells_done, wells_total).
-        self.on_progress: Callable[[int, int, int], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="analysis-worker", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         self.close()
 
     def close(self) -> None:
@@ -118,23 +107,6 @@ class AnalysisWorker:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.run_next()
-            except Exception:  # keep the worker alive; the analysis itself is marked failed
-                logger.exception("analysis worker iteration failed")
-                ran = False
-            if not ran:
-                self._stop.wait(self.poll_seconds)
-
-    def run_pending(self) -> int:
-        """Run every claimable analysis now, in this thread. Returns how many ran."""
-        count = 0
-        while self.run_next():
-            count += 1
-        return count
 
     # -- claiming and leases -----------------------------------------------------------------
     @staticmethod
@@ -175,20 +147,6 @@ class AnalysisWorker:
             analysis.started_at = analysis.started_at or now
             return analysis_id
 
-    def renew_lease(self, analysis_id: int) -> bool:
-        """Extend our lease; False if it is no longer ours (expired and taken, or cancelled)."""
-        with session_scope(self.context.session_factory) as session:
-            result = session.execute(
-                update(Analysis)
-                .where(
-                    Analysis.id == analysis_id,
-                    Analysis.lease_owner == self.owner,
-                    Analysis.status == ScanStatus.running,
-                )
-                .values(lease_expires_at=_now() + timedelta(seconds=self.lease_seconds))
-            )
-            return getattr(result, "rowcount", 0) == 1
-
     def run_next(self) -> bool:
         """Claim the next analysis and run it; False if there is none to claim."""
         analysis_id = self._claim()
@@ -208,7 +166,7 @@ class AnalysisWorker:
         return self._run_claimed(analysis_id)
 
     def _run_claimed(self, analysis_id: int) -> RunOutcome:
-        heartbeat = _Heartbeat(self, analysis_id)  # type: ignore[arg-type]  # same lease API
+        heartbeat = Heartbeat(self, analysis_id)
         heartbeat.start()
         started = time.perf_counter()
         wells = fields = 0
@@ -218,10 +176,10 @@ class AnalysisWorker:
             logger.warning("analysis %d: lease lost to another worker; stopping", analysis_id)
         except PolicyUnavailableError as exc:
             logger.warning("analysis %d failed: %s", analysis_id, exc)
-            self._finish(analysis_id, ScanStatus.failed, str(exc))
+            self.finish(analysis_id, ScanStatus.failed, str(exc))
         except Exception as exc:
             logger.exception("analysis %d failed", analysis_id)
-            self._finish(analysis_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
+            self.finish(analysis_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
         finally:
             heartbeat.stop()
         seconds = time.perf_counter() - started
@@ -243,8 +201,8 @@ class AnalysisWorker:
                     "registered under that version"
                 )
             classifier = context.classifiers.get(version.id, artifact)
-            policy = resolve_policy(classifier, analysis.decision_policy)
-            analysis.decision_policy = _recorded_policy(
+            policy = resolve_scan_policy(classifier, analysis.decision_policy)
+            analysis.decision_policy = recorded_policy(
                 analysis.decision_policy, policy, model=version.id
             )
             scan_id, model_version_id = analysis.scan_id, version.id
@@ -305,12 +263,12 @@ class AnalysisWorker:
                 scored += fields_of[rescored.well]
                 if self.on_progress is not None:
                     self.on_progress(analysis_id, wells_done, total)
-        finished = self._finish(
+        finished = self.finish(
             analysis_id,
             ScanStatus.completed,
             None,
-            fields_scored=scored,
-            compute_s=time.perf_counter() - started,
+            fields_scored=Analysis.fields_scored + scored,
+            compute_s=Analysis.compute_s + (time.perf_counter() - started),
         )
         if finished and self.context.write_plate_results:
             self._write_plate_results(scan_id, analysis_id, classifier, policy.threshold)
@@ -361,60 +319,11 @@ class AnalysisWorker:
         cancel either commits before it or waits for it, as in the scan worker.
         """
         with session_scope(self.context.session_factory) as session:
-            bumped = session.execute(
-                update(Analysis)
-                .where(
-                    Analysis.id == analysis_id,
-                    Analysis.lease_owner == self.owner,
-                    Analysis.status == ScanStatus.running,
-                )
-                .values(
-                    wells_done=Analysis.wells_done + 1,
-                    lease_expires_at=_now() + timedelta(seconds=self.lease_seconds),
-                )
-                .returning(Analysis.wells_done)
-            ).scalar_one_or_none()
+            bumped = self.bump_progress(session, analysis_id)
             if bumped is None:
-                status = session.scalar(select(Analysis.status).where(Analysis.id == analysis_id))
-                if status == ScanStatus.cancelled:
-                    return None
-                state = status.value if status is not None else "deleted"
-                raise LeaseLostError(f"analysis {analysis_id} is no longer ours ({state})")
+                return None
             session.add(_result_row(analysis_id, scan_id, model_version_id, well_id, rescored))
-            return int(bumped)
-
-    def _finish(
-        self,
-        analysis_id: int,
-        status: ScanStatus,
-        error: str | None,
-        *,
-        fields_scored: int = 0,
-        compute_s: float = 0.0,
-    ) -> bool:
-        """Record the outcome, only if the analysis still runs under our lease (True if so)."""
-        with session_scope(self.context.session_factory) as session:
-            result = session.execute(
-                update(Analysis)
-                .where(
-                    Analysis.id == analysis_id,
-                    Analysis.status == ScanStatus.running,
-                    Analysis.lease_owner == self.owner,
-                )
-                .values(
-                    status=status,
-                    error=error,
-                    finished_at=_now(),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    fields_scored=Analysis.fields_scored + fields_scored,
-                    compute_s=Analysis.compute_s + compute_s,
-                )
-            )
-        if getattr(result, "rowcount", 0) != 1:
-            return False
-        logger.info("analysis %d %s", analysis_id, status.value)
-        return True
+            return bumped
 
 
 def _no_fields(well: str) -> WellRescore:

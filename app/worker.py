@@ -25,19 +25,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
-import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.classifier import WellCall, WellClassifier
+from app.leases import Heartbeat, LeasedWorker, LeaseLostError
+from app.leases import now as _now
 from app.ngff_results import write_results
 from hardware.microscope import HardwareError, Objective, PlateScanner, ScanPlan, WellAcquisition
 from hardware.plans import scan_plan_from_useq, simulated_field_of_view_um
@@ -48,10 +47,6 @@ from store.images import ImageStore, StoredImage
 from store.orm import Image, Scan, ScanStatus, Well, WellResult, WellStatus
 
 logger = logging.getLogger(__name__)
-
-
-class LeaseLostError(RuntimeError):
-    """Another worker took over this scan (our lease expired); stop without writing."""
 
 
 @dataclass
@@ -77,17 +72,13 @@ class WorkerContext:
     bit_depth: int | None = None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _lock_key(microscope: str) -> int:
     """A stable signed 64-bit key for PostgreSQL's advisory lock on a microscope."""
     digest = hashlib.sha256(microscope.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class ScanWorker:
+class ScanWorker(LeasedWorker):
     """Runs queued scans in a background thread (or synchronously with :meth:`run_pending`).
 
     Args:
@@ -96,17 +87,16 @@ class ScanWorker:
         lease_seconds: how long a claim lasts without renewal; renewed every third of it.
     """
 
+    job = Scan
+    kind = "scan"
+
     def __init__(
         self, context: WorkerContext, *, poll_seconds: float = 0.5, lease_seconds: float = 30.0
     ) -> None:
+        super().__init__(
+            context.session_factory, poll_seconds=poll_seconds, lease_seconds=lease_seconds
+        )
         self.context = context
-        self.poll_seconds = poll_seconds
-        self.lease_seconds = lease_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        # Progress callback (e.g. the CLI's progress bar): (scan_id, wells_done, wells_total).
-        self.on_progress: Callable[[int, int, int], None] | None = None
         # Image stores of other plate types than the service's (one HCS grid per type).
         self._stores: dict[str, ImageStore] = {}
         # Per scan claimed: the attempt token its fields are written under; None (or absent)
@@ -125,17 +115,7 @@ class ScanWorker:
             )
         except Exception:  # orphans cost disk, not correctness: never block the worker on them
             logger.exception("reconciling recent scans' images failed")
-        self._thread = threading.Thread(target=self._loop, name="scan-worker", daemon=True)
-        self._thread.start()
-
-    @property
-    def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().start()
 
     def use_model(self, classifier: WellClassifier, model_version_id: int) -> None:
         """Switch models; a scan in flight finishes with the model it started with. Ends a
@@ -143,23 +123,6 @@ class ScanWorker:
         self.context.classifier = classifier
         self.context.model_version_id = model_version_id
         self.context.model_problem = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.run_next()
-            except Exception:  # keep the worker alive; the scan itself is marked failed
-                logger.exception("scan worker iteration failed")
-                ran = False
-            if not ran:
-                self._stop.wait(self.poll_seconds)
-
-    def run_pending(self) -> int:
-        """Run every claimable scan now, in this thread. Returns how many ran."""
-        count = 0
-        while self.run_next():
-            count += 1
-        return count
 
     # -- claiming and leases -------------------------------------------------------------------
     def run_next(self) -> bool:
@@ -171,7 +134,7 @@ class ScanWorker:
         scan_id = self._claim()
         if scan_id is None:
             return False
-        heartbeat = _Heartbeat(self, scan_id)
+        heartbeat = Heartbeat(self, scan_id)
         heartbeat.start()
         try:
             self._run(scan_id)
@@ -181,10 +144,10 @@ class ScanWorker:
             # Expected, not a bug: the model serving now (activated after the scan was queued)
             # cannot serve the call policy the scan asked for. The scan fails saying so.
             logger.warning("scan %d failed: %s", scan_id, exc)
-            self._finish(scan_id, ScanStatus.failed, str(exc))
+            self.finish(scan_id, ScanStatus.failed, str(exc))
         except Exception as exc:
             logger.exception("scan %d failed", scan_id)
-            self._finish(scan_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
+            self.finish(scan_id, ScanStatus.failed, f"{type(exc).__name__}: {exc}")
         finally:
             heartbeat.stop()
             self._attempts.pop(scan_id, None)
@@ -271,20 +234,6 @@ class ScanWorker:
                 return scan_id
         return None
 
-    def renew_lease(self, scan_id: int) -> bool:
-        """Extend our lease; False if it is no longer ours (expired and taken, or cancelled)."""
-        with session_scope(self.context.session_factory) as session:
-            result = session.execute(
-                update(Scan)
-                .where(
-                    Scan.id == scan_id,
-                    Scan.lease_owner == self.owner,
-                    Scan.status == ScanStatus.running,
-                )
-                .values(lease_expires_at=_now() + timedelta(seconds=self.lease_seconds))
-            )
-            return getattr(result, "rowcount", 0) == 1
-
     # -- one scan ------------------------------------------------------------------------------
     def _run(self, scan_id: int) -> None:
         with session_scope(self.context.session_factory) as session:
@@ -308,8 +257,8 @@ class ScanWorker:
             # Resolution is deterministic, so a scan resumed on the same model records the same
             # thresholds; resumed on another (activated meanwhile), the earlier record is kept
             # under "superseded", since the wells already done were called under it.
-            policy = _resolve_policy(classifier, scan.decision_policy)
-            scan.decision_policy = _recorded_policy(
+            policy = resolve_scan_policy(classifier, scan.decision_policy)
+            scan.decision_policy = recorded_policy(
                 scan.decision_policy, policy, model=model_version_id
             )
         if done:
@@ -332,12 +281,12 @@ class ScanWorker:
                 if self.on_progress is not None:
                     self.on_progress(scan_id, wells_done, total)
         except HardwareError as exc:
-            self._finish(scan_id, ScanStatus.failed, f"microscope: {exc}")
+            self.finish(scan_id, ScanStatus.failed, f"microscope: {exc}")
             return
         if self._should_stop(scan_id):
             logger.info("scan %d stopped before its end (cancelled or shutting down)", scan_id)
             return
-        if self._finish(scan_id, ScanStatus.completed, None) and self.context.plate_results:
+        if self.finish(scan_id, ScanStatus.completed, None) and self.context.plate_results:
             self._write_plate_results(scan_id, classifier, policy.threshold)
 
     def _plan(self, scan: Scan) -> ScanPlan:
@@ -426,35 +375,21 @@ class ScanWorker:
         except BaseException:
             _remove_fields(stored, "its write failed")
             raise
-        with session_scope(self.context.session_factory) as session:
-            bumped = session.execute(
-                update(Scan)
-                .where(
-                    Scan.id == scan_id,
-                    Scan.lease_owner == self.owner,
-                    Scan.status == ScanStatus.running,
-                )
-                .values(
-                    wells_done=Scan.wells_done + 1,
-                    lease_expires_at=_now() + timedelta(seconds=self.lease_seconds),
-                )
-                .returning(Scan.wells_done)
-            ).scalar_one_or_none()
-            status = None
-            if bumped is None:
-                status = session.scalar(select(Scan.status).where(Scan.id == scan_id))
-            else:
-                for field, outcome, image in zip(acquisition.fields, outcomes, stored, strict=True):
-                    session.add(_image_row(scan_id, well_id, field, outcome, image))
-                session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
-        if bumped is None:
-            # Nothing was recorded: the files written are nobody's.
-            _remove_fields(stored, "the scan is no longer ours")
-            if status == ScanStatus.cancelled:
-                return None
-            state = status.value if status is not None else "deleted"
-            raise LeaseLostError(f"scan {scan_id} is no longer ours ({state})")
-        return int(bumped), stored
+        try:
+            with session_scope(self.context.session_factory) as session:
+                bumped = self.bump_progress(session, scan_id)
+                if bumped is not None:
+                    rows = zip(acquisition.fields, outcomes, stored, strict=True)
+                    for field, outcome, image in rows:
+                        session.add(_image_row(scan_id, well_id, field, outcome, image))
+                    session.add(_result_row(scan_id, well_id, acquisition, call, model_version_id))
+        except LeaseLostError:
+            _remove_fields(stored, "the scan is no longer ours")  # nothing was recorded
+            raise
+        if bumped is None:  # cancelled: nothing was recorded, the files are nobody's
+            _remove_fields(stored, "the scan was cancelled")
+            return None
+        return bumped, stored
 
     def _publish_well(
         self, scan_id: int, plan: ScanPlan, well: str, stored: list[StoredImage]
@@ -485,30 +420,6 @@ class ScanWorker:
         if cached is None:
             cached = self._stores[plate.name] = ImageStore(store.root, plate=plate)
         return cached
-
-    def _finish(self, scan_id: int, status: ScanStatus, error: str | None) -> bool:
-        """Record the outcome, only if the scan is still running under our lease (a cancel
-        or another worker's takeover wins); True if it was recorded."""
-        with session_scope(self.context.session_factory) as session:
-            result = session.execute(
-                update(Scan)
-                .where(
-                    Scan.id == scan_id,
-                    Scan.status == ScanStatus.running,
-                    Scan.lease_owner == self.owner,
-                )
-                .values(
-                    status=status,
-                    error=error,
-                    finished_at=_now(),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-        if getattr(result, "rowcount", 0) != 1:
-            return False
-        logger.info("scan %d %s", scan_id, status.value)
-        return True
 
     def _write_plate_results(
         self, scan_id: int, classifier: WellClassifier, threshold: float
@@ -685,7 +596,7 @@ def _result_row(
     )
 
 
-def _requested_policy(recorded: dict[str, Any] | None) -> dict[str, Any]:
+def requested_fields(recorded: dict[str, Any] | None) -> dict[str, Any]:
     """What the scan asked for: ``recorded["requested"]`` once resolved, else the creation record
     (None for scans created before issue 15: the default policy)."""
     if not recorded:
@@ -694,12 +605,12 @@ def _requested_policy(recorded: dict[str, Any] | None) -> dict[str, Any]:
     return {key: source[key] for key in REQUEST_FIELDS if source.get(key) is not None}
 
 
-def _recorded_policy(
+def recorded_policy(
     recorded: dict[str, Any] | None, policy: CallPolicy, *, model: int
 ) -> dict[str, Any]:
     """What ``Scan.decision_policy`` holds once the scan runs: the request, the resolved policy
     and the model version it was resolved on, plus any earlier, different resolution."""
-    resolved = {"requested": _requested_policy(recorded), "model_version_id": model}
+    resolved = {"requested": requested_fields(recorded), "model_version_id": model}
     resolved |= policy.to_dict()
     if not recorded or "requested" not in recorded:
         return resolved
@@ -715,41 +626,14 @@ class PolicyUnavailableError(ValueError):
     the model active when the scan was queued; another may serve by the time it starts)."""
 
 
-def _resolve_policy(classifier: WellClassifier, recorded: dict[str, Any] | None) -> CallPolicy:
+def resolve_scan_policy(classifier: WellClassifier, recorded: dict[str, Any] | None) -> CallPolicy:
     """The scan's call policy on ``classifier``'s model; PolicyUnavailableError (the scan fails,
     saying why) when the request needs what the model lacks (a decision set for alpha or
     Youden)."""
     try:
-        return classifier.policy(**_requested_policy(recorded))
+        return classifier.policy(**requested_fields(recorded))
     except ValueError as exc:
         model = classifier.model
         raise PolicyUnavailableError(
             f"call policy: {exc} (serving model {model.name} v{model.version})"
         ) from None
-
-
-class _Heartbeat:
-    """Renews a scan's lease every third of the lease time while the scan runs."""
-
-    def __init__(self, worker: ScanWorker, scan_id: int) -> None:
-        self.worker = worker
-        self.scan_id = scan_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, name=f"lease-scan-{scan_id}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.worker.lease_seconds / 3.0):
-            try:
-                if not self.worker.renew_lease(self.scan_id):
-                    return  # cancelled or taken over; the scan loop notices at its next well
-            except Exception:  # a missed beat is survivable; the next one may succeed
-                logger.exception("lease renewal for scan %d failed", self.scan_id)

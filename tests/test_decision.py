@@ -379,26 +379,26 @@ def test_recalibrating_drops_the_decision_set(bundled_copy: Path) -> None:
 
 
 def test_a_resumed_scan_keeps_the_policy_its_first_wells_were_called_under() -> None:
-    from app.worker import _recorded_policy
+    from app.worker import recorded_policy
 
     requested = {"threshold_policy": "default", "alpha": 0.05, "delta": 0.1}
-    first = _recorded_policy(
+    first = recorded_policy(
         requested, resolve_policy(decision_set=_known_set(), alpha=0.05), model=1
     )
     assert first["requested"] == requested and first["model_version_id"] == 1
-    same = _recorded_policy(first, resolve_policy(decision_set=_known_set(), alpha=0.05), model=1)
+    same = recorded_policy(first, resolve_policy(decision_set=_known_set(), alpha=0.05), model=1)
     assert same == first
     other_set = DecisionSet.of([0.2] * 150 + [0.8] * 150, [0] * 150 + [1] * 150)
-    moved = _recorded_policy(first, resolve_policy(decision_set=other_set, alpha=0.05), model=2)
+    moved = recorded_policy(first, resolve_policy(decision_set=other_set, alpha=0.05), model=2)
     assert moved["model_version_id"] == 2 and moved["superseded"] == [first]
 
 
 def test_a_policy_the_serving_model_cannot_serve_fails_the_scan_without_a_traceback(
     bundled_copy: Path,
 ) -> None:
-    from app.worker import PolicyUnavailableError, _resolve_policy
+    from app.worker import PolicyUnavailableError, resolve_scan_policy
 
     plain = WellClassifier(OnnxClassifier(bundled_copy, providers="cpu"))  # no decision set
     with pytest.raises(PolicyUnavailableError, match=r"call policy: threshold policy youden.*v1"):
-        _resolve_policy(plain, {"threshold_policy": "youden", "alpha": None, "delta": 0.1})
-    assert _resolve_policy(plain, None).threshold == 0.5  # scans from before: the default
+        resolve_scan_policy(plain, {"threshold_policy": "youden", "alpha": None, "delta": 0.1})
+    assert resolve_scan_policy(plain, None).threshold == 0.5  # scans from before: the default

@@ -72,7 +72,7 @@ def test_a_cancel_cannot_be_undone_by_the_worker_finishing(settings):
         assert worker._claim() == scan_id
         with session_scope(runtime.session_factory) as session:
             cancel_scan(session, session.get_one(Scan, scan_id))
-        worker._finish(scan_id, ScanStatus.completed, None)
+        worker.finish(scan_id, ScanStatus.completed, None)
         with session_scope(runtime.session_factory) as session:
             scan = session.get_one(Scan, scan_id)
             assert scan.status == ScanStatus.cancelled
