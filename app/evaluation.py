@@ -333,25 +333,45 @@ def _report(records: Sequence[_WellRecord], *, threshold: float, resamples: int)
             prob = np.array([r.probability for r in both], dtype=float)
             manual = np.array([r.manual[operator] for r in both], dtype=float)
             comparison: dict[str, Any] = {"wells": len(both)}
-            test = mcnemar(y_b, prob >= threshold, manual >= 0.5)
-            comparison["mcnemar"] = {
-                "model_only_correct": test.only_a_correct,
-                "manual_only_correct": test.only_b_correct,
-                "p_value": test.p_value,
-            }
-            try:
-                auc = delong(y_b, prob, manual)
-                comparison["delong"] = {
-                    "auc_model": auc.auc_a,
-                    "auc_manual": auc.auc_b,
-                    "difference": auc.difference,
-                    "ci95": list(auc.ci95),
-                    "p_value": auc.p_value,
-                }
-            except ValueError as exc:  # too few wells of one class
-                comparison["delong"] = {"error": str(exc)}
+            comparison |= paired_tests(
+                y_b, (prob >= threshold, prob), (manual >= 0.5, manual), names=("model", "manual")
+            )
             report["model_vs_manual"][operator] = comparison
     return report
+
+
+def paired_tests(
+    y: np.ndarray,
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    *,
+    names: tuple[str, str],
+) -> dict[str, Any]:
+    """Two classifiers on the same wells against FCT labels ``y``: McNemar's exact test on
+    their calls and DeLong's on their AUCs. ``a`` and ``b``: (calls, scores); ``names`` spell
+    the keys (``model_only_correct``, ``auc_model``, ...)."""
+    (calls_a, scores_a), (calls_b, scores_b) = a, b
+    first, second = names
+    test = mcnemar(y, calls_a, calls_b)
+    result: dict[str, Any] = {
+        "mcnemar": {
+            f"{first}_only_correct": test.only_a_correct,
+            f"{second}_only_correct": test.only_b_correct,
+            "p_value": test.p_value,
+        }
+    }
+    try:
+        auc = delong(y, scores_a, scores_b)
+        result["delong"] = {
+            f"auc_{first}": auc.auc_a,
+            f"auc_{second}": auc.auc_b,
+            "difference": auc.difference,
+            "ci95": list(auc.ci95),
+            "p_value": auc.p_value,
+        }
+    except ValueError as exc:  # too few wells of one class
+        result["delong"] = {"error": str(exc)}
+    return result
 
 
 def _at_prevalence(report: dict[str, Any], prevalence: float | None) -> dict[str, Any]:
@@ -584,25 +604,11 @@ def compare_versions(
         y = np.array([a.fct for a, _ in both])
         p_a = np.array([a.probability for a, _ in both], dtype=float)
         p_b = np.array([b.probability for _, b in both], dtype=float)
-        test = mcnemar(y, p_a >= threshold_a, p_b >= threshold_b)
         paired["accuracy_a"] = float(np.mean((p_a >= threshold_a) == y))
         paired["accuracy_b"] = float(np.mean((p_b >= threshold_b) == y))
-        paired["mcnemar"] = {
-            "a_only_correct": test.only_a_correct,
-            "b_only_correct": test.only_b_correct,
-            "p_value": test.p_value,
-        }
-        try:
-            auc = delong(y, p_a, p_b)
-            paired["delong"] = {
-                "auc_a": auc.auc_a,
-                "auc_b": auc.auc_b,
-                "difference": auc.difference,
-                "ci95": list(auc.ci95),
-                "p_value": auc.p_value,
-            }
-        except ValueError as exc:  # too few wells of one class
-            paired["delong"] = {"error": str(exc)}
+        paired |= paired_tests(
+            y, (p_a >= threshold_a, p_a), (p_b >= threshold_b, p_b), names=("a", "b")
+        )
     changed = [
         {"well": a.well, "a": a.label, "b": by_well_b[a.well].label, "fct": HIGH if a.fct else LOW}
         for a in records_a
