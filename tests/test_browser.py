@@ -39,7 +39,7 @@ from store.orm import Role
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # the test skips, or fails where MSCREEN_REQUIRE_BROWSER=1
-    expect = sync_playwright = None
+    expect = sync_playwright = None  # type: ignore[assignment]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -422,3 +422,302 @@ def test_uncertain_and_no_call_wells_on_the_page(browser, tmp_path, sqlite_url):
         finally:
             page.close()
             api.close()
+
+
+# -- finding plates and scans, uploads, field images (issue 17) --------------------------------
+OTHER_BARCODE = "MSC-2026-0009"
+# hardware.sim: a 40x field of the simulated camera is 720 px of 6.5 / 4 um; the page draws a
+# round bar of about a fifth of its width.
+SIM_PIXEL_UM_40X = 1.625
+SCALE_BAR_UM = 200
+BAD_FCT = b"well,cd73_pct,cd90_pct\nA1,abc,99\nZ99,50,50\nA3,97,98\n"
+BAD_MANUAL = b"well,label,seconds_spent\nA1,maybe,3\nA2,low,-1\n"
+MANUAL = b"well,label,seconds_spent\nA1,high,3\nA2,low,2\nA3,high,4\n"
+
+
+def _scan_via_api(api: httpx.Client, barcode: str, wells: list[str] | None = None) -> dict:
+    """Queue a scan through the API and wait until it is finished; its final ScanPublic."""
+    queued = api.post("/api/v1/scans", json={"plate_barcode": barcode, "wells": wells})
+    assert queued.status_code == 202, queued.text
+    scan_id = queued.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        scan = api.get(f"/api/v1/scans/{scan_id}").json()
+        if scan["status"] in ("completed", "failed", "cancelled"):
+            return scan
+        time.sleep(0.2)
+    raise AssertionError(f"scan {scan_id} did not finish: {scan}")
+
+
+def _plate_list_loads(page, first: dict, other: dict) -> None:
+    """The plate list names both plates with their latest scans; a click loads one."""
+    page.click("#plates-refresh")
+    row = page.locator(f'#plate-list tr[data-plate="{BARCODE}"]')
+    expect(row.locator('td[data-column="latest"]')).to_have_text(f"#{first['id']} completed")
+    expect(page.locator(f'#plate-list tr[data-plate="{OTHER_BARCODE}"]')).to_contain_text(
+        f"#{other['id']} completed"
+    )
+    page.click(f'#plate-list tr[data-plate="{OTHER_BARCODE}"] button')
+    expect(page.locator("#plate-title")).to_contain_text(f"{OTHER_BARCODE} · scan #{other['id']}")
+    expect(page.locator('#plate [data-well]:not([data-state="empty"])')).to_have_count(2)
+    page.click(f'#plate-list tr[data-plate="{BARCODE}"] button')
+    expect(page.locator("#plate-title")).to_contain_text(f"{BARCODE} · scan #{first['id']}")
+    expect(page.locator('#plate [data-well]:not([data-state="empty"])')).to_have_count(WELLS_TOTAL)
+    expect(page.locator(f'#plate-list tr[data-plate="{BARCODE}"]')).to_have_class("current")
+    assert page.input_value("#barcode") == BARCODE
+
+
+def _field_images(page, ok_well: str, excluded: dict) -> None:
+    """A used field: scale bar and objective; an overexposed one: labelled, not a white box."""
+    page.click(f'[data-well="{ok_well}"]')
+    _images_loaded(page)
+    expect(page.locator("#panel-scale")).to_be_visible()
+    expect(page.locator("#panel-scale-label")).to_have_text(f"{SCALE_BAR_UM} µm")
+    expect(page.locator("#panel-image-meta")).to_contain_text("40x objective")
+    expect(page.locator("#panel-image-meta")).to_contain_text(f"{SIM_PIXEL_UM_40X:.3f} µm/pixel")
+    share = page.evaluate(
+        "() => document.querySelector('#panel-scale-line').getBoundingClientRect().width"
+        " / document.querySelector('#panel-image').getBoundingClientRect().width"
+    )
+    expected = SCALE_BAR_UM / (720 * SIM_PIXEL_UM_40X)
+    assert abs(share - expected) < 0.01, (share, expected)
+    expect(page.locator("#panel-qc-veil")).to_be_hidden()
+
+    page.click(f'[data-well="{excluded["well"]}"]')
+    _images_loaded(page)
+    label = "overexposed — excluded by QC"
+    expect(page.locator("#panel-field-qc")).to_have_text(label)
+    expect(page.locator("#panel-qc-veil")).to_be_visible()
+    expect(page.locator("#panel-qc-veil-text")).to_have_text(label)
+    expect(page.locator("#panel-image-frame")).to_have_attribute("data-qc", "excluded")
+
+
+def _csv_downloads(page, api: httpx.Client, scan_id: int) -> None:
+    with page.expect_download() as info:
+        page.click("#wells-csv")
+    download = info.value
+    assert download.suggested_filename == f"{BARCODE}-scan{scan_id}-wells.csv"
+    source = f"api/v1/plates/{BARCODE}/wells?format=csv&scan_id={scan_id}"
+    assert page.get_attribute("#wells-csv-link", "data-source") == source
+    expected = api.get(f"/{source}")
+    assert expected.status_code == 200 and expected.text.startswith("well,")
+    assert Path(download.path()).read_text() == expected.text
+
+
+def _upload(page, prefix: str, name: str, content: bytes) -> None:
+    page.set_input_files(
+        f"#{prefix}-file", files=[{"name": name, "mimeType": "text/csv", "buffer": content}]
+    )
+    page.click(f"#{prefix}-upload")
+
+
+def _row_errors_shown(page, prefix: str, answer: httpx.Response) -> None:
+    """The page lists the 422's problems one per row, as the API names them."""
+    assert answer.status_code == 422, answer.text
+    problems = answer.json()["detail"]["errors"]
+    assert len(problems) >= 2
+    expect(page.locator(f"#{prefix}-result")).to_have_attribute("data-kind", "error")
+    expect(page.locator(f"#{prefix}-result")).to_contain_text("nothing was written")
+    items = page.locator(f"#{prefix}-errors li")
+    expect(items).to_have_count(len(problems))
+    for i, problem in enumerate(problems):
+        expect(items.nth(i)).to_have_attribute("data-row", str(problem["row"]))
+        expect(items.nth(i)).to_contain_text(f"Row {problem['row']}, {problem['field']}")
+        expect(items.nth(i)).to_contain_text(problem["message"])
+
+
+def _directions_shown(page, calls: dict[str, dict], fct: dict[str, str]) -> None:
+    """Each disagreeing well says which way: ↑ model high, FCT low; ↓ model low, FCT high."""
+    shown = dict(
+        page.eval_on_selector_all(
+            "#agreement-plate [data-agreement-well]",
+            "cells => cells.map(c => [c.dataset.agreementWell,"
+            " [c.dataset.agreement, c.dataset.direction || null, c.textContent]])",
+        )
+    )
+    expected_counts = {"false-high": 0, "false-low": 0}
+    for name, call in calls.items():
+        if call["label"] not in ("high", "low"):
+            continue
+        if call["label"] == fct[name]:
+            assert shown[name] == ["agree", None, "✓"], name
+            continue
+        direction = "false-high" if call["label"] == "high" else "false-low"
+        expected_counts[direction] += 1
+        assert shown[name] == ["disagree", direction, "↑" if direction == "false-high" else "↓"]
+        cell = page.locator(f'#agreement-plate [data-agreement-well="{name}"]')
+        way = "model high, FCT low" if direction == "false-high" else "model low, FCT high"
+        expect(cell).to_have_attribute("aria-label", f"{name}: disagrees: {way}")
+    expect(page.locator("#agreement-summary")).to_contain_text(
+        f"({expected_counts['false-high']} model high, FCT low · "
+        f"{expected_counts['false-low']} model low, FCT high)"
+    )
+
+
+def _comparison_shown(page, calls: dict[str, dict], fct: dict[str, str]) -> None:
+    """Manual vs model vs FCT per well, and the filter to the wells where they differ."""
+    expect(page.locator("#compare")).to_be_visible()
+    manual = {"A1": "high", "A2": "low", "A3": "high"}
+    expect(page.locator("#compare-table tbody tr")).to_have_count(WELLS_TOTAL)
+    for name, label in manual.items():
+        row = page.locator(f'#compare-table tr[data-compare-well="{name}"]')
+        expect(row.locator('td[data-column="manual"]')).to_have_text(f"jdoe: {label}")
+        expect(row.locator('td[data-column="fct"]')).to_have_text(fct[name])
+        model = calls[name]["label"] or f"none ({calls[name]['status']})"
+        expect(row.locator('td[data-column="model"]')).to_contain_text(model)
+    differ = 0
+    for name in calls:
+        labels = {fct[name]} | ({manual[name]} if name in manual else set())
+        if calls[name]["label"] in ("high", "low"):
+            labels.add(calls[name]["label"])
+        differ += len(labels) > 1
+    page.check("#compare-differ")
+    expect(page.locator("#compare-table tbody tr")).to_have_count(differ)
+    expect(page.locator("#compare-summary")).to_contain_text(f"{differ} where the calls differ")
+    page.uncheck("#compare-differ")
+
+
+def _cancel_and_pick_scans(page, api: httpx.Client, first: dict) -> None:
+    """A whole-plate scan started from the page is cancelled from it; the history picker then
+    lists both scans, and picking the first shows its calls (and agreement) again."""
+    page.fill("#wells", "")
+    page.click("#start-scan")
+    expect(page.locator("#cancel-scan")).to_be_enabled()
+    expect(page.locator('#plate [data-well]:not([data-state="empty"])')).not_to_have_count(0)
+    page.click("#cancel-scan")
+    expect(page.locator("#status")).to_contain_text("cancelled")
+    expect(page.locator("#progress-text")).to_contain_text("cancelled")
+    expect(page.locator("#cancel-scan")).to_be_disabled()
+    scans = api.get("/api/v1/scans", params={"plate": BARCODE}).json()["items"]
+    latest = scans[0]
+    assert latest["status"] == "cancelled" and latest["wells_done"] < WELLS_TOTAL, latest
+    expect(page.locator("#scan-tools-note")).to_contain_text(f"Scan #{latest['id']} cancelled")
+    options = page.locator("#scan-picker option")
+    expect(options).to_have_count(2)
+    expect(options.first).to_have_attribute("value", str(latest["id"]))
+    expect(page.locator("#scan-picker")).to_be_enabled()
+
+    page.select_option("#scan-picker", str(first["id"]))
+    expect(page.locator("#plate-title")).to_contain_text(f"scan #{first['id']}")
+    expect(page.locator('#plate [data-well]:not([data-state="empty"])')).to_have_count(WELLS_TOTAL)
+    expect(page.locator("#scan-picker")).to_have_value(str(first["id"]))
+    expect(page.locator("#agreement")).to_be_visible()
+    expect(page.locator("#metrics-caption")).to_contain_text(f"Scan #{first['id']} vs FCT")
+    page.select_option("#scan-picker", str(latest["id"]))
+    expect(page.locator("#plate-title")).to_contain_text(f"scan #{latest['id']}")
+    expect(page.locator('#plate [data-well]:not([data-state="empty"])')).to_have_count(
+        latest["wells_done"]
+    )
+    page.click("#plates-refresh")
+    expect(
+        page.locator(f'#plate-list tr[data-plate="{BARCODE}"] td[data-column="latest"]')
+    ).to_have_text(f"#{latest['id']} cancelled")
+
+
+def _model_version_picked(page, api: httpx.Client, first: dict) -> None:
+    """A re-analysis of the first scan by model version 1: the model-version picker offers it,
+    and picking it shows that version's calls (the map, the panel and the CSV's address)."""
+    scan_model = first["model"]
+    other = {"name": scan_model["name"], "version": 1 if scan_model["version"] != 1 else 2}
+    queued = api.post(
+        f"/api/v1/scans/{first['id']}/analyses",
+        json={"model": other["name"], "version": other["version"]},
+    )
+    assert queued.status_code == 202, queued.text
+    analysis_url = queued.headers["Location"]
+    deadline = time.monotonic() + 120
+    while (analysis := api.get(analysis_url).json())["status"] not in ("completed", "failed"):
+        assert time.monotonic() < deadline, analysis
+        time.sleep(0.2)
+    assert analysis["status"] == "completed", analysis
+    key = f"{other['name']}:{other['version']}"
+    plate = f"/api/v1/plates/{BARCODE}"
+    calls = api.get(f"{plate}/wells", params={"scan_id": first["id"], "model": key}).json()
+    page.select_option("#scan-picker", str(first["id"]))
+    picker = page.locator("#model-picker")
+    expect(picker.locator(f'option[value="{key}"]')).to_have_count(1)
+    expect(picker).to_be_enabled()
+    page.select_option("#model-picker", key)
+    expect(page.locator("#status")).to_contain_text(
+        f"re-analysis by {other['name']} v{other['version']}"
+    )
+    expect(page.locator("#plate-title")).to_contain_text(
+        f"{other['name']} v{other['version']} (re-analysis)"
+    )
+    shown = dict(
+        page.eval_on_selector_all(
+            "#plate [data-well]", "cells => cells.map(c => [c.dataset.well, c.dataset.label])"
+        )
+    )
+    assert {w["well"]: w["label"] for w in calls["wells"] if w["label"]} == {
+        name: label for name, label in shown.items() if label
+    }
+    called = next(w for w in calls["wells"] if w["label"] in ("high", "low"))
+    page.click(f'[data-well="{called["well"]}"]')
+    expect(page.locator("#panel-model")).to_have_text(f"{other['name']} v{other['version']}")
+    assert f"model={other['name']}%3A{other['version']}" in page.get_attribute(
+        "#wells-csv", "data-href"
+    )
+
+
+def test_plate_list_history_uploads_and_field_images(browser, live_service):
+    api = httpx.Client(
+        base_url=live_service.url, headers={"X-API-Key": live_service.operator_key}, timeout=30
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    try:
+        page.set_default_timeout(TIMEOUT_MS)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+        first = _scan_via_api(api, BARCODE)
+        other = _scan_via_api(api, OTHER_BARCODE, ["A1", "B2"])
+        assert first["status"] == other["status"] == "completed"
+        plate = f"/api/v1/plates/{BARCODE}"
+        calls = {w["well"]: w for w in api.get(f"{plate}/wells").json()["wells"]}
+        overexposed = api.get(f"{plate}/wells", params={"qc_flag": "overexposed"}).json()
+        excluded = [w for w in overexposed["wells"] if w["status"] == "excluded"]
+        assert excluded, "the simulated plate has no overexposed, QC-excluded well"
+
+        page.goto(live_service.url + "/")
+        page.fill("#api-key", live_service.operator_key)
+        _plate_list_loads(page, first, other)
+        ok_well = next(w["well"] for w in calls.values() if w["label"] in ("high", "low"))
+        _field_images(page, ok_well, excluded[0])
+        _csv_downloads(page, api, first["id"])
+
+        # FCT: a bad file lists its problems per row and writes nothing; a good one is the
+        # agreement view, with the direction of each disagreement.
+        expect(page.locator("#ground-truth")).to_be_visible()
+        _upload(page, "fct", "bad-fct.csv", BAD_FCT)
+        bad = api.put(f"{plate}/fct", content=BAD_FCT, headers={"Content-Type": "text/csv"})
+        _row_errors_shown(page, "fct", bad)
+        assert page.locator("#agreement").is_hidden()
+        config = SimulationConfig(seed=live_service.runtime.settings.simulation_seed)
+        _upload(page, "fct", "fct.csv", fct_export_csv(config, BARCODE).encode())
+        expect(page.locator("#fct-result")).to_contain_text(f"{WELLS_TOTAL} FCT rows stored")
+        expect(page.locator("#fct-errors li")).to_have_count(0)
+        expect(page.locator("#agreement")).to_be_visible()
+        fct = {r["well"]: r["label"] for r in api.get(f"{plate}/fct").json()}
+        assert len(fct) == WELLS_TOTAL
+        _directions_shown(page, calls, fct)
+
+        # Manual calls: the same per-row errors, then one operator's calls in the comparison.
+        page.fill("#manual-operator", "jdoe")
+        _upload(page, "manual", "bad-manual.csv", BAD_MANUAL)
+        bad = api.put(
+            f"{plate}/manual-calls",
+            params={"operator": "jdoe"},
+            content=BAD_MANUAL,
+            headers={"Content-Type": "text/csv"},
+        )
+        _row_errors_shown(page, "manual", bad)
+        _upload(page, "manual", "manual.csv", MANUAL)
+        expect(page.locator("#manual-result")).to_contain_text("3 manual calls by jdoe stored")
+        _comparison_shown(page, calls, fct)
+
+        _cancel_and_pick_scans(page, api, first)
+        _model_version_picked(page, api, first)
+        assert page_errors == [], page_errors
+    finally:
+        page.close()
+        api.close()

@@ -30,6 +30,16 @@ class ImagePublic(BaseModel):
         description="What autofocus did at this field (method, ok, z_um, steps, score, "
         "seconds, predicted_z_um, error); null: no autofocus ran",
     )
+    objective: str | None = Field(None, description="Objective the field was acquired with")
+    pixel_size_um: float | None = Field(
+        None, description="Size of one camera pixel in the sample, in um (for a scale bar)"
+    )
+    qc_excluded: bool | None = Field(
+        None, description="QC excluded this field from the call (e.g. overexposed)"
+    )
+    qc_flags: list[str] | None = Field(
+        None, description="This field's QC flags (the well's qc_flags gather its fields')"
+    )
     ood_score: float | None = Field(
         None,
         description="Out-of-distribution score of the field (Mahalanobis distance from the "
@@ -48,6 +58,10 @@ class ImagePublic(BaseModel):
             z_um=image.z_um,
             autofocus=image.autofocus,
             ood_score=image.ood_score,
+            objective=image.objective,
+            pixel_size_um=image.pixel_size_um,
+            qc_excluded=image.qc_excluded,
+            qc_flags=list(image.qc_flags),
         )
 
 

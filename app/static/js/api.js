@@ -13,11 +13,14 @@ const HTTP_REASONS = {
 };
 
 export class ApiError extends Error {
-  constructor(status, detail) {
+  /** `detail`: the error in words; `body`: the answer's `detail` as sent (an upload's 422
+   * carries {message, errors: [{row, field, message}], error_count}), or null. */
+  constructor(status, detail, body = null) {
     super(detail);
     this.name = "ApiError";
     this.status = status;
     this.detail = detail;
+    this.body = body;
   }
 
   toString() {
@@ -50,14 +53,16 @@ function formatDetail(detail) {
   return String(detail);
 }
 
-async function errorDetail(response) {
+async function apiError(response) {
   const text = await response.text();
+  let detail;
   try {
     const body = JSON.parse(text);
-    return formatDetail(body && "detail" in body ? body.detail : body);
+    detail = body && "detail" in body ? body.detail : body;
   } catch {
-    return text || response.statusText || "request failed";
+    return new ApiError(response.status, text || response.statusText || "request failed");
   }
+  return new ApiError(response.status, formatDetail(detail), detail);
 }
 
 export async function api(path, { method = "GET", body, headers = {}, signal } = {}) {
@@ -76,9 +81,10 @@ export async function api(path, { method = "GET", body, headers = {}, signal } =
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, `the service did not answer (${err.message})`);
   }
-  if (!response.ok) throw new ApiError(response.status, await errorDetail(response));
+  if (!response.ok) throw await apiError(response);
   return response;
 }
 
 export const getJson = async (path, options) => (await api(path, options)).json();
+export const scanUrl = (id) => `${API}/scans/${encodeURIComponent(id)}`;
 export const plateUrl = (barcode) => `${API}/plates/${encodeURIComponent(barcode)}`;

@@ -76,6 +76,7 @@ export function renderConfirm() {
 async function downloadCsv() {
   const query = new URLSearchParams({ format: "csv" });
   if (state.scan) query.set("scan_id", String(state.scan.id));
+  if (state.model) query.set("model", state.model);
   const response = await api(`${plateUrl(state.barcode)}/confirm?${query}`);
   const blob = await response.blob();
   const url = URL.createObjectURL(blob);

@@ -42,20 +42,62 @@ export function ensureAgreementGrid(scan) {
   initAgreement(onAgreementWell, rows, columns);
 }
 
+/** The plate's evaluation, FCT rows and manual calls: the agreement view, the comparison
+ * table and the ground-truth uploads read them. A scan picked from the history is evaluated
+ * itself (?scan_id=); otherwise the service picks the latest completed scan. */
 export async function loadGroundTruth(barcode) {
   if (!barcode) return;
   let evaluation = null;
-  try {
-    evaluation = await getJson(`${plateUrl(barcode)}/evaluation`);
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) throw err; // 404: no FCT yet
+  const params = new URLSearchParams();
+  if ((state.scanPinned || state.model) && state.scan) {
+    params.set("scan_id", String(state.scan.id));
   }
-  const fct = evaluation ? await getJson(`${plateUrl(barcode)}/fct`) : [];
+  if (state.model) params.set("model", state.model);
+  const query = params.toString() ? `?${params}` : "";
+  try {
+    evaluation = await getJson(`${plateUrl(barcode)}/evaluation${query}`);
+  } catch (err) {
+    // 404: no FCT yet; 409: the picked scan cannot be evaluated (not completed, no calls).
+    if (!(err instanceof ApiError && (err.status === 404 || err.status === 409))) throw err;
+  }
+  const [fct, manual] = await Promise.all([
+    getJson(`${plateUrl(barcode)}/fct`).catch(notFoundAsEmpty),
+    getJson(`${plateUrl(barcode)}/manual-calls`).catch(notFoundAsEmpty),
+  ]);
   if (barcode !== state.barcode) return;
   state.evaluation = evaluation;
   state.fct = new Map(fct.map((row) => [row.well, row]));
+  state.manual = new Map();
+  for (const call of manual) {
+    if (!state.manual.has(call.well)) state.manual.set(call.well, []);
+    state.manual.get(call.well).push(call);
+  }
   renderAgreement();
+  if (onGroundTruth) onGroundTruth();
   if (state.selected) showPanel(state.selected);
+}
+
+function notFoundAsEmpty(err) {
+  if (err instanceof ApiError && err.status === 404) return []; // a plate not stored yet
+  throw err;
+}
+
+let onGroundTruth = null; // re-renders the comparison table (main.js)
+
+export function setGroundTruthHandler(handler) {
+  onGroundTruth = handler;
+}
+
+// A disagreeing well says which way: the model called high where FCT says low (a false
+// high, a well passed that should not be) or the reverse (a false low, a good well dropped).
+export const DIRECTIONS = {
+  "false-high": { mark: "↑", text: "model high, FCT low" },
+  "false-low": { mark: "↓", text: "model low, FCT high" },
+};
+
+export function disagreement(modelLabel, fctLabel) {
+  if (modelLabel === fctLabel) return null;
+  return modelLabel === "high" ? "false-high" : "false-low";
 }
 
 export function renderAgreement() {
@@ -63,7 +105,7 @@ export function renderAgreement() {
   $("agreement").hidden = !evaluation;
   if (!evaluation) return;
   let agree = 0;
-  let disagree = 0;
+  const directions = { "false-high": 0, "false-low": 0 };
   let noCall = 0;
   for (const [name, cell] of agreementCells) {
     const fct = state.fct.get(name);
@@ -71,12 +113,20 @@ export function renderAgreement() {
     let verdict = "none";
     let text = "no FCT";
     cell.textContent = "";
+    delete cell.dataset.direction;
     if (fct && result && isCall(result.label)) { // uncertain / no call: not a call
-      verdict = fct.label === result.label ? "agree" : "disagree";
-      cell.textContent = verdict === "agree" ? "✓" : "✗";
-      text = `model ${result.label}, FCT ${fct.label}: ${verdict === "agree" ? "agrees" : "disagrees"}`;
-      if (verdict === "agree") agree += 1;
-      else disagree += 1;
+      const direction = disagreement(result.label, fct.label);
+      verdict = direction ? "disagree" : "agree";
+      if (direction) {
+        cell.dataset.direction = direction;
+        cell.textContent = DIRECTIONS[direction].mark;
+        text = `disagrees: ${DIRECTIONS[direction].text}`;
+        directions[direction] += 1;
+      } else {
+        cell.textContent = "✓";
+        text = `model ${result.label}, FCT ${fct.label}: agrees`;
+        agree += 1;
+      }
     } else if (fct) {
       verdict = "nocall";
       text = `FCT ${fct.label}, no model call` +
@@ -88,11 +138,13 @@ export function renderAgreement() {
     cell.title = `${name}: ${text}`;
     cell.classList.toggle("selected", name === state.selected);
   }
+  const disagree = directions["false-high"] + directions["false-low"];
   const compared = agree + disagree;
   const pct = compared ? ` (${((100 * agree) / compared).toFixed(1)} %)` : "";
   $("agreement-summary").textContent =
     `The model agrees with FCT on ${agree} of ${compared} called wells${pct}; ` +
-    `${disagree} disagree, ${noCall} with FCT have no call.`;
+    `${disagree} disagree (${directions["false-high"]} model high, FCT low · ` +
+    `${directions["false-low"]} model low, FCT high), ${noCall} with FCT have no call.`;
 
   const model = evaluation.model;
   renderMetrics(evaluation.scan_id, model);

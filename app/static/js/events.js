@@ -6,6 +6,7 @@
 import { API, api } from "./api.js";
 import { renderConfirm } from "./confirm.js";
 import { loadGroundTruth } from "./evaluation.js";
+import { renderScanTools } from "./history.js";
 import { renderSummary, renderTitle, renderWell } from "./platemap.js";
 import { state } from "./state.js";
 import { renderProgress, setStatus, showError } from "./status.js";
@@ -48,6 +49,12 @@ async function* readSse(response) {
   }
 }
 
+let onScanEnd = null; // refreshes the scan history and plate list (main.js)
+
+export function setScanEndHandler(handler) {
+  onScanEnd = handler;
+}
+
 export function stopStream() {
   if (state.stream) state.stream.abort();
   state.stream = null;
@@ -88,13 +95,16 @@ export async function followScan(scanId) {
         } else if (event === "progress") {
           state.scan = body;
           renderProgress();
+          renderScanTools();
           renderTitle();
           renderSummary(); // with the call policy line: resolved once the scan starts
         } else if (event === "end") {
           ended = true;
+          if (state.scan && state.scan.id === body.id) state.scan = { ...state.scan, ...body };
           const ok = body.status === "completed";
           const error = state.scan && state.scan.error ? `: ${state.scan.error}` : "";
           setStatus(`Scan #${body.id} ${body.status}${error}.`, ok ? "ok" : "error");
+          if (onScanEnd) onScanEnd();
         }
       }
       quiet = received ? 0 : quiet + 1;

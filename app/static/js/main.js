@@ -6,23 +6,29 @@
 //   platemap.js   the plate's grid       wellpanel.js   the well detail panel
 //   evaluation.js agreement with FCT, metrics table, ROC curve
 //   confirm.js    the wells to confirm by FCT (uncertain, no call, QC excluded)
+//   history.js    plate list, scan history picker, cancel, wells CSV
+//   uploads.js    FCT and manual-call uploads    compare.js  manual vs model vs FCT
 //   status.js     status line, progress  state.js       what the page shows
 //
 // Module scripts are deferred, so the document is parsed by the time this runs.
 
 import { API, getJson, plateUrl } from "./api.js";
+import { initCompare, renderCompare } from "./compare.js";
 import { initConfirm, renderConfirm } from "./confirm.js";
 import { $ } from "./dom.js";
 import {
-  ensureAgreementGrid, initAgreement, loadGroundTruth, renderAgreement,
+  ensureAgreementGrid, initAgreement, loadGroundTruth, renderAgreement, setGroundTruthHandler,
 } from "./evaluation.js";
-import { followScan, stopStream } from "./events.js";
+import { followScan, setScanEndHandler, stopStream } from "./events.js";
+import {
+  FINISHED, initHistory, refreshAnalyses, refreshPlates, refreshScans, renderScanTools,
+} from "./history.js";
 import { ensurePlateGrid, initPlateMap, renderPlate, renderWell } from "./platemap.js";
 import { state } from "./state.js";
 import { renderProgress, setStatus, showError } from "./status.js";
+import { initUploads, renderUploads } from "./uploads.js";
 import { clearPanel, showPanel } from "./wellpanel.js";
 
-const FINISHED = new Set(["completed", "failed", "cancelled"]);
 const KEY_STORAGE = "mscreen.apiKey";
 const BARCODE_STORAGE = "mscreen.barcode";
 
@@ -49,6 +55,7 @@ function resetPlate(barcode, scan, wells) {
   state.scan = scan;
   state.wells = new Map(wells.map((w) => [w.well, w]));
   state.fct = new Map();
+  state.manual = new Map();
   state.evaluation = null;
   clearPanel();
   // The plate's own grid (rows x columns from the API); a rebuilt grid is rendered already.
@@ -57,25 +64,42 @@ function resetPlate(barcode, scan, wells) {
   renderConfirm();
   renderProgress();
   renderAgreement();
+  renderScanTools();
+  renderUploads();
+  renderCompare();
   if (keep && state.wells.has(keep)) selectWell(keep);
 }
 
-async function loadPlate() {
+/** Loads the plate in the barcode field: its latest scan, or `scanId` picked from its
+ * history (then the agreement view evaluates that scan too); with `model` ("NAME:VERSION"),
+ * that version's re-analysis of the scan instead of its own calls. */
+async function loadPlate(scanId = null, model = null) {
   stopStream();
   const barcode = barcodeInput();
+  if (barcode !== state.barcode) state.scans = [];
   setStatus(`Loading plate ${barcode}…`);
+  const params = new URLSearchParams();
+  if (scanId !== null) params.set("scan_id", String(scanId));
+  if (model) params.set("model", model);
+  const query = params.toString() ? `?${params}` : "";
   let data;
   try {
-    data = await getJson(`${plateUrl(barcode)}/wells`);
+    data = await getJson(`${plateUrl(barcode)}/wells${query}`);
   } catch (err) {
     resetPlate(barcode, null, []);
     throw err;
   }
+  const latest = state.scans.length ? state.scans[0].id : null;
+  state.scanPinned = scanId !== null && scanId !== latest;
+  state.model = model;
   resetPlate(data.plate_barcode, data.scan, data.wells);
-  await loadGroundTruth(data.plate_barcode);
+  await Promise.all([loadGroundTruth(data.plate_barcode), refreshScans(), refreshAnalyses()]);
+  refreshPlates();
   const scan = data.scan;
   const truth = state.evaluation ? "; FCT ground truth loaded" : "; no FCT ground truth yet";
-  setStatus(`Plate ${data.plate_barcode}: scan #${scan.id} ${scan.status}, ` +
+  const by = data.analysis
+    ? ` (re-analysis by ${data.analysis.model.name} v${data.analysis.model.version})` : "";
+  setStatus(`Plate ${data.plate_barcode}: scan #${scan.id}${by} ${scan.status}, ` +
     `${data.wells.length} of ${scan.wells_total} wells${truth}.`, "ok");
   if (!FINISHED.has(scan.status)) {
     setStatus(`Plate ${data.plate_barcode}: following scan #${scan.id} (${scan.status})…`);
@@ -110,15 +134,50 @@ async function startScan() {
   setStatus(`Queuing a scan of ${barcode}…`);
   const scan = await getJson(`${API}/scans`, { method: "POST", body });
   stopStream();
+  state.scanPinned = false;
+  state.model = null;
   resetPlate(barcode, scan, []);
+  refreshAnalyses();
   setStatus(`Scan #${scan.id} of ${barcode} queued; wells fill in as they are called.`);
   followScan(scan.id);
+  refreshScans();
+  refreshPlates();
+}
+
+/** A plate picked from the plate list: its latest scan. */
+async function openPlate(barcode) {
+  $("barcode").value = barcode;
+  await loadPlate();
+}
+
+/** A model version picked for the shown scan (null: the scan's own calls). */
+async function openModel(model) {
+  await loadPlate(state.scan.id, model);
+}
+
+/** A scan picked from the history picker. */
+async function openScan(scanId) {
+  await loadPlate(scanId);
+}
+
+/** The answer to a cancel: the scan as it stopped (its event stream ends with it). */
+async function scanCancelled(scan) {
+  if (state.scan && state.scan.id === scan.id) state.scan = scan;
+  renderProgress();
+  renderScanTools();
+  refreshPlates();
+}
+
+/** After an upload: the ground truth views again, and the plate list's FCT column. */
+async function groundTruthUploaded() {
+  await loadGroundTruth(state.barcode);
+  refreshPlates();
 }
 
 function guarded(action) {
-  return async () => {
+  return async (...args) => {
     try {
-      await action();
+      await action(...args);
     } catch (err) {
       showError(err);
     }
@@ -134,11 +193,27 @@ function init() {
   initPlateMap(selectWell);
   initAgreement(selectWell);
   initConfirm(selectWell);
+  initCompare(selectWell);
+  initUploads(guarded(groundTruthUploaded));
+  initHistory({
+    openPlate: guarded(openPlate),
+    openScan: guarded(openScan),
+    openModel: guarded(openModel),
+    cancelled: guarded(scanCancelled),
+  });
+  setGroundTruthHandler(renderCompare);
+  setScanEndHandler(() => {
+    renderScanTools();
+    refreshScans();
+    refreshPlates();
+  });
+  key.addEventListener("change", () => refreshPlates());
+  refreshPlates();
 
-  $("load").addEventListener("click", guarded(loadPlate));
+  $("load").addEventListener("click", guarded(() => loadPlate()));
   $("start-scan").addEventListener("click", guarded(startScan));
   $("barcode").addEventListener("keydown", (e) => {
-    if (e.key === "Enter") guarded(loadPlate)();
+    if (e.key === "Enter") guarded(() => loadPlate())();
   });
   $("panel-field").addEventListener("change", (e) => {
     state.field = Number(e.target.value);

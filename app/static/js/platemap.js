@@ -198,7 +198,12 @@ export function renderTitle() {
   const parts = [state.barcode];
   if (scan) {
     parts.push(`scan #${scan.id}`, scan.objective);
-    if (scan.model) parts.push(`${scan.model.name} v${scan.model.version}`);
+    if (state.model) {
+      const [name, version] = state.model.split(":");
+      parts.push(`${name} v${version} (re-analysis)`);
+    } else if (scan.model) {
+      parts.push(`${scan.model.name} v${scan.model.version}`);
+    }
   }
   $("plate-title").textContent = parts.join(" · ");
 }
