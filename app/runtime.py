@@ -23,7 +23,13 @@ from app.analyses import ClassifierCache
 from app.analysis_worker import AnalysisContext, AnalysisWorker
 from app.auth import KeyCache
 from app.classifier import WellClassifier
-from app.errors import ConflictError, InvalidRequestError, NotFoundError, UnavailableError
+from app.errors import (
+    ConflictError,
+    GoneError,
+    InvalidRequestError,
+    NotFoundError,
+    UnavailableError,
+)
 from app.settings import Settings
 from app.training_runs import TrainingRunQueue
 from app.worker import ScanWorker, WorkerContext
@@ -128,6 +134,35 @@ class Runtime:
             raise ConflictError(str(exc)) from exc
         logger.info("model %s v%d activated (was %s)", name, version, previous)
         return Activation(row, previous)
+
+    def classifier_for(self, version: ModelVersion | None) -> WellClassifier:
+        """The classifier of ``version``: the serving one when it is that version (or None),
+        else loaded from the model repository into the re-analyses' cache.
+
+        Raises GoneError (that version's files are no longer in the repository), ConflictError
+        (they cannot be loaded), UnavailableError (nor can the serving model's, on a degraded
+        service, where that is the reason to give).
+        """
+        if version is None or self.serving == (version.name, version.version):
+            return self.classifier
+        name = f"model {version.name} v{version.version}"
+        try:
+            artifact = self.model_repository.get(version.name, version.version)
+        except ModelNotFoundError as exc:
+            raise GoneError(
+                f"{name} is no longer in the model repository ({exc}); restore it to see its "
+                "per-pixel calls"
+            ) from exc
+        try:
+            return self.classifiers.get(version.id, artifact)
+        except RuntimeUnavailableError as exc:  # onnxruntime or its provider missing here
+            raise UnavailableError(str(exc)) from exc
+        except Exception as exc:  # a broken network file: onnxruntime's own error types
+            if self.serving is None:
+                self.require_model()  # degraded: the 503 that says how to recover
+            raise ConflictError(
+                f"{name} cannot be loaded ({type(exc).__name__}); republish it"
+            ) from exc
 
     @property
     def classifiers(self) -> ClassifierCache:

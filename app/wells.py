@@ -33,7 +33,15 @@ from app.schemas.scans import ScanPublic
 from hardware.plate import WellNameError, plate_geometry
 from store import queries
 from store.images import CorruptImageError, ImageStore
-from store.orm import Analysis, AnalysisResult, Plate, Scan, WellResult, WellStatus
+from store.orm import (
+    Analysis,
+    AnalysisResult,
+    ModelVersion,
+    Plate,
+    Scan,
+    WellResult,
+    WellStatus,
+)
 
 
 def plate_or_error(session: Session, barcode: str) -> Plate:
@@ -190,6 +198,25 @@ def field_frame(
         ) from exc
     except CorruptImageError as exc:
         raise ImageCorruptError(f"image corrupt: {where}: {exc}; re-scan the well") from exc
+
+
+def overlay_version(
+    session: Session, barcode: str, well: str, scan_id: int | None, model: ModelSpec | None
+) -> ModelVersion | None:
+    """The model version whose per-pixel call a well's overlay shows: the scan's model of
+    record, or (``model``) a version that re-analysed the scan, as for every well query (so the
+    overlay never shows another model's map than the call beside it). None for a scan that
+    recorded no model (the serving one is used).
+
+    Raises NotFoundError (no such well or result; no analysis of the scan with ``model``).
+    """
+    result = well_result(session, barcode, well, scan_id)
+    scan = session.get_one(Scan, result.scan_id)
+    analysis, _ = results_for(session, scan, model)
+    if analysis is not None:
+        return analysis.model_version
+    # The well's own result names the model that called it (a resumed scan may have another).
+    return result.model_version or scan.model_version
 
 
 def fct_wells(session: Session, barcode: str) -> list[FctWellPublic]:

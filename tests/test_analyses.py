@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.classifier import WellClassifier
+from app.overlay import overlay_png
 from app.rescore import load_frame, stored_fields
 from hardware.microscope import AcquiredField
 from hardware.sim import SimulationConfig, fct_export_csv
@@ -128,6 +129,15 @@ def test_reanalysis_side_by_side_paired_comparison_and_idempotence(service: Serv
     one = client.get(f"/api/v1/plates/{BARCODE}/wells/A1?model=hscnn-sim:1").json()
     assert one["analysis_id"] == analysis["id"] and one["images"]  # the scan's stored fields
     assert one["probability"] == rean["wells"][0]["probability"]
+    # The overlay follows the same selection: the map of the model that called the well (v2),
+    # v1's with ?model=, never the serving model's by accident (checked again at the end).
+    overlays = _expected_overlays(service, scan_id, "A1")
+    overlay_url = f"/api/v1/plates/{BARCODE}/wells/A1/overlay"
+    assert client.get(overlay_url).content == overlays[2]
+    assert client.get(f"{overlay_url}?model=hscnn-sim:1").content == overlays[1]
+    assert overlays[1] != overlays[2]
+    missing = client.get(f"{overlay_url}?model=hscnn-sim:7")
+    assert missing.status_code == 404 and "no analysis with hscnn-sim:7" in missing.text
     download = client.get(f"/api/v1/plates/{BARCODE}/wells?model=hscnn-sim:1&format=csv")
     assert f"{BARCODE}-scan{scan_id}-hscnn-sim-v1.csv" in download.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(download.text)))
@@ -165,6 +175,30 @@ def test_reanalysis_side_by_side_paired_comparison_and_idempotence(service: Serv
         assert count == len(WELLS)
         actions = set(session.scalars(select(AuditEvent.action)))
         assert "analysis.create" in actions
+
+    # With v1 serving now, the scan's overlay is still the map of v2, which called its wells.
+    service.runtime.activate_model("hscnn-sim", 1)
+    assert client.get(overlay_url).content == overlays[2]
+    assert client.get(f"{overlay_url}?model=hscnn-sim:1").content == overlays[1]
+
+
+def _expected_overlays(service: Service, scan_id: int, well: str) -> dict[int, bytes]:
+    """The overlay PNG of ``well``'s first stored field by each bundled version, made here."""
+    with session_scope(service.runtime.session_factory) as session:
+        field = next(f for f in stored_fields(session, scan_id) if f.well == well)
+    frame, bit_depth = load_frame(field)
+    return {
+        version: overlay_png(
+            frame,
+            WellClassifier(
+                OnnxClassifier(
+                    BUNDLED_REPOSITORY / "hscnn-sim" / str(version) / "model.onnx", providers="cpu"
+                )
+            ),
+            bit_depth or service.runtime.bit_depth,
+        )
+        for version in (1, 2)
+    }
 
 
 def test_refusals_name_the_problem(service: Service) -> None:

@@ -168,14 +168,17 @@ def well_overlay(
     _: Viewer,
     scan_id: ScanIdQuery = None,
     field: FieldQuery = 0,
+    model: ModelQuery = None,
 ) -> Response:
-    """The model's per-pixel call (green high, red low) over the normalised field."""
+    """The model's per-pixel call (green high, red low) over the normalised field: by the
+    model that called the well, or (``model``) by a version that re-analysed the scan."""
+    version = wells.overlay_version(session, barcode, well, scan_id, _spec(model))
     frame, bit_depth = wells.field_frame(
         session, runtime.image_store, barcode, well, scan_id=scan_id, field=field
     )
+    classifier = runtime.classifier_for(version)
     return Response(
-        overlay_png(frame, runtime.classifier, bit_depth or runtime.bit_depth),
-        media_type="image/png",
+        overlay_png(frame, classifier, bit_depth or runtime.bit_depth), media_type="image/png"
     )
 
 
