@@ -33,8 +33,9 @@ COPY hardware ./hardware
 COPY training ./training
 COPY migrations ./migrations
 COPY docker/entrypoint.sh /usr/local/bin/mscreen-entrypoint
-# gpu = onnxruntime-gpu instead of onnxruntime (never both); postgres = psycopg; fast = numba.
-RUN pip install ".[gpu,postgres,fast]" \
+# gpu = onnxruntime-gpu instead of onnxruntime (never both); postgres = psycopg; fast = numba;
+# sila = the SiLA 2 server (`mscreen serve --host 0.0.0.0 --sila`, gRPC on 50052).
+RUN pip install ".[gpu,postgres,fast,sila]" \
     && chmod 0755 /usr/local/bin/mscreen-entrypoint
 
 RUN useradd --create-home --uid 10001 mscreen \
@@ -42,7 +43,7 @@ RUN useradd --create-home --uid 10001 mscreen \
     && chown mscreen:mscreen /data
 USER mscreen
 VOLUME ["/data"]
-EXPOSE 8000
+EXPOSE 8000 50052
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/api/v1/health', timeout=4).status == 200 else 1)"

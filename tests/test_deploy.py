@@ -56,7 +56,13 @@ def test_dockerfile_is_cuda_based_non_root_with_healthcheck():
     assert instructions["FROM"].startswith("nvidia/cuda:") and "cudnn" in instructions["FROM"]
     assert instructions["USER"] not in ("root", "0")
     assert "/api/v1/health" in instructions["HEALTHCHECK"]
-    assert ".[gpu,postgres,fast]" in (ROOT / "Dockerfile").read_text()
+    installed = re.search(r'pip install "\.\[([a-z,]+)\]"', (ROOT / "Dockerfile").read_text())
+    assert installed is not None, "the image installs the project with its extras"
+    extras = set(installed.group(1).split(","))
+    assert {"gpu", "postgres", "fast", "sila"} <= extras
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert extras <= set(declared["optional-dependencies"]), "an extra the project lacks"
+    assert "50052" in instructions["EXPOSE"].split()  # the SiLA 2 server (mscreen serve --sila)
     copied = set()
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
