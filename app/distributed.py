@@ -19,12 +19,23 @@ Two executors run the same tasks:
 
 Each task runs one plate in one thread (``prepare_workers`` 0): the parallelism is across
 plates, one per worker process, so no core is shared by two pools.
+
+Dask's nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand freed memory back
+to the OS). Setting any malloc tunable switches off glibc's dynamic mmap threshold, so every
+array over 128 KiB - each of a field's dozens of temporaries - is mapped and unmapped anew, its
+pages faulted in again: 20 plates took 1.45x as long on a LocalCluster (benchmarks/
+reanalysis_cluster.py; 8x on a plain numpy loop). The LocalCluster here is started without it,
+and a task in a process started with it (a cluster's workers) sets glibc's thresholds back to
+what a plate's arrays need (:func:`_heap_for_arrays`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -76,9 +87,41 @@ class TaskOutcome:
 _workers: dict[TaskConfig, AnalysisWorker] = {}
 
 
+# glibc's mallopt parameters (malloc.h) and the values its dynamic threshold grows up to.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 * 2**20
+_TRIM_THRESHOLD_BYTES = 64 * 2**20
+
+
+def _heap_for_arrays() -> bool:
+    """In a process started with a malloc tunable set (a Dask worker's MALLOC_TRIM_THRESHOLD_),
+    serve arrays of up to 32 MiB from the heap and keep up to 64 MiB of it on free, as glibc's
+    own dynamic threshold would. True if it changed anything."""
+    tunables = [k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_")]
+    if not tunables or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        changed = bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+            and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+        )
+    except (OSError, AttributeError):  # not glibc (musl, say): nothing to undo
+        return False
+    if changed:
+        logger.info(
+            "%s set: arrays up to %d MiB served from the heap again (mallopt)",
+            ", ".join(tunables),
+            _MMAP_THRESHOLD_BYTES // 2**20,
+        )
+    return changed
+
+
 def _worker_for(config: TaskConfig) -> AnalysisWorker:
     worker = _workers.get(config)
     if worker is None:
+        _heap_for_arrays()
         from store import db
 
         engine = db.make_engine(config.database_url)
@@ -103,7 +146,6 @@ def run_analysis_task(analysis_id: int, config: TaskConfig) -> TaskOutcome:
     An analysis that is finished, or held by another live worker, is left as it is (``wells``
     0); one that fails records why in the database and reports ``status`` failed.
     """
-    import os
     import socket
 
     outcome = _worker_for(config).run_one(analysis_id)
@@ -166,12 +208,16 @@ def run_on_dask(
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=local_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # any free port: never clash with a running cluster
-        )
+        import dask
+
+        # None drops the variable from what the nanny sets (see the module's docstring).
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(
+                n_workers=local_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # any free port: never clash with a running cluster
+            )
     started = time.perf_counter()
     try:
         with Client(cluster if cluster is not None else scheduler) as client:

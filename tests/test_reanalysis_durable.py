@@ -6,6 +6,7 @@ writes (a task run twice changes nothing)."""
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -186,3 +187,18 @@ def test_plates_fan_out_on_a_dask_local_cluster_with_the_same_calls(tmp_path, po
                     assert p == pytest.approx(expected[well][0], abs=1e-6)
     finally:
         runtime.close()
+
+
+def test_a_task_in_a_dask_worker_gets_glibcs_array_heap_back(monkeypatch):
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_, which switches glibc's dynamic
+    mmap threshold off (every large temporary array mapped and faulted in anew): a task sets the
+    thresholds back. Without any malloc variable there is nothing to change."""
+    from app import distributed
+
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    assert distributed._heap_for_arrays() is False
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert distributed._heap_for_arrays() is True
